@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The README's test command. Builds, checks types, lint and format, provisions the
+# guest tree for end-to-end tests (cached outside the repo), then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+npm run build --silent
+npx eslint .
+npx prettier --check . >/dev/null || { npx prettier --check .; exit 1; }
+
+# End-to-end tests need a Debian trixie tree with QEMU (vfio-user-pci) and a kernel.
+if [ -z "${MGPU_GUEST_TREE:-}" ]; then
+  if tree=$(bash scripts/provision-guest.sh); then
+    export MGPU_GUEST_TREE="$tree"
+  elif [ "${CI:-}" = "true" ]; then
+    echo "provisioning the guest tree failed; end-to-end tests cannot run" >&2
+    exit 1
+  else
+    echo "note: no guest tree (provisioning failed); end-to-end tests will skip" >&2
+  fi
+fi
+
+if [ "$#" -eq 0 ]; then set -- dist/src dist/test; fi
+node --test --test-concurrency=1 "$@"
