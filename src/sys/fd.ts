@@ -1,0 +1,32 @@
+import { EINTR } from "./errno-values.js";
+import { F_GETFL, F_SETFL, O_NONBLOCK, check, errno, libc } from "./libc.js";
+import { SysError } from "./errors.js";
+
+/** Closes a file descriptor; EINTR still means closed on Linux, so it is not retried. */
+export function closeFd(fd: number): void {
+  if (libc.close(fd) < 0) {
+    const e = errno();
+    if (e !== EINTR) throw new SysError("close", e);
+  }
+}
+
+/** Duplicates a file descriptor (the copy is close-on-exec). */
+export function dupFd(fd: number): number {
+  return check("fcntl(F_DUPFD_CLOEXEC)", libc.fcntl(fd, 1030, 0));
+}
+
+export function setNonBlocking(fd: number, nonBlocking: boolean): void {
+  const flags = check("fcntl(F_GETFL)", libc.fcntl(fd, F_GETFL, 0));
+  const next = nonBlocking ? flags | O_NONBLOCK : flags & ~O_NONBLOCK;
+  if (next !== flags) check("fcntl(F_SETFL)", libc.fcntl(fd, F_SETFL, next));
+}
+
+/** True if fd is an open descriptor in this process. */
+export function isOpenFd(fd: number): boolean {
+  return libc.fcntl(fd, 1 /* F_GETFD */, 0) >= 0;
+}
+
+/** Size of the file behind fd (memfds, regular files). */
+export function fdSize(fd: number): number {
+  return check("lseek", libc.lseek(fd, 0, 2 /* SEEK_END */));
+}

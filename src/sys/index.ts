@@ -1,0 +1,17 @@
+/** src/sys — the project's only door to libc (through koffi). */
+export { SysError, errnoName, errnoValue } from "./errors.js";
+export { closeFd, dupFd, fdSize, isOpenFd, setNonBlocking } from "./fd.js";
+export { EventFd } from "./eventfd.js";
+export { createMemfd, truncateFd } from "./memfd.js";
+export { Mapping, type MapOptions } from "./mmap.js";
+export { POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, Poller, pollOne } from "./poll.js";
+export {
+  SocketChannel,
+  type ChannelOptions,
+  acceptUnix,
+  connectUnix,
+  listenUnix,
+  setSendTimeout,
+  shutdownSocket,
+  socketPair,
+} from "./socket.js";

@@ -1,0 +1,309 @@
+/**
+ * AF_UNIX stream sockets, and a channel that moves bytes and file descriptors
+ * (SCM_RIGHTS) through buffers that live in native memory, so sending and
+ * receiving a message allocates nothing.
+ */
+import { EAGAIN, EINTR, EMSGSIZE, ENAMETOOLONG } from "./errno-values.js";
+import { closeFd } from "./fd.js";
+import {
+  AF_UNIX,
+  MSG_CMSG_CLOEXEC,
+  MSG_CTRUNC,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  POLLOUT,
+  SCM_RIGHTS,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SO_SNDTIMEO,
+  type NativePointer,
+  allocNative,
+  check,
+  errno,
+  freeNative,
+  libc,
+} from "./libc.js";
+import { pollOne } from "./poll.js";
+import { SysError } from "./errors.js";
+
+const SUN_PATH_MAX = 108;
+
+function sockaddrUn(path: string): Uint8Array {
+  const encoded = Buffer.from(path, "utf8");
+  if (encoded.length >= SUN_PATH_MAX) throw new SysError("sockaddr_un", ENAMETOOLONG, path);
+  const addr = new Uint8Array(2 + SUN_PATH_MAX);
+  addr[0] = AF_UNIX; // sa_family, little-endian u16
+  addr.set(encoded, 2);
+  return addr;
+}
+
+function retryOnEintr(syscall: string, call: () => number): number {
+  for (;;) {
+    const r = call();
+    if (r >= 0) return r;
+    const e = errno();
+    if (e !== EINTR) throw new SysError(syscall, e);
+  }
+}
+
+/** A listening AF_UNIX stream socket (non-blocking, so accept never stalls a loop). */
+export function listenUnix(path: string, backlog = 64): number {
+  const addr = sockaddrUn(path);
+  const fd = check("socket", libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  try {
+    check("bind", libc.bind(fd, addr, addr.length));
+    check("listen", libc.listen(fd, backlog));
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** Accepts one pending connection (a blocking socket), or returns null if none is waiting. */
+export function acceptUnix(listenFd: number): number | null {
+  for (;;) {
+    const fd = libc.accept4(listenFd, null, null, SOCK_CLOEXEC);
+    if (fd >= 0) return fd;
+    const e = errno();
+    if (e === EAGAIN) return null;
+    if (e !== EINTR) throw new SysError("accept4", e);
+  }
+}
+
+/** Connects a blocking stream socket to a path. */
+export function connectUnix(path: string): number {
+  const addr = sockaddrUn(path);
+  const fd = check("socket", libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  try {
+    retryOnEintr("connect", () => libc.connect(fd, addr, addr.length));
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  return fd;
+}
+
+/** A connected pair of blocking stream sockets. */
+export function socketPair(): [number, number] {
+  const sv = new Int32Array(2);
+  check("socketpair", libc.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv));
+  return [sv[0]!, sv[1]!];
+}
+
+/** Bounds how long a blocking send may wait for a peer that stopped reading. */
+export function setSendTimeout(fd: number, ms: number): void {
+  const tv = new DataView(new ArrayBuffer(16));
+  tv.setBigInt64(0, BigInt(Math.floor(ms / 1000)), true);
+  tv.setBigInt64(8, BigInt((ms % 1000) * 1000), true);
+  check(
+    "setsockopt(SO_SNDTIMEO)",
+    libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, new Uint8Array(tv.buffer), 16),
+  );
+}
+
+export function shutdownSocket(fd: number): void {
+  libc.shutdown(fd, 2);
+}
+
+// struct msghdr (x86_64/aarch64 LP64): name, namelen, iov, iovlen, control, controllen, flags.
+const MSGHDR_SIZE = 56;
+const IOVEC_SIZE = 16;
+const CMSG_HEADER = 16;
+
+/** One native block holding a msghdr, its iovec and room for SCM_RIGHTS control data. */
+class NativeMsg {
+  readonly pointer: NativePointer;
+  private readonly view: DataView;
+  private readonly iovAddress: bigint;
+  private readonly controlAddress: bigint;
+  private readonly controlOffset: number;
+  readonly controlCapacity: number;
+
+  constructor(maxFds: number) {
+    this.controlCapacity = CMSG_HEADER + align8(maxFds * 4);
+    this.controlOffset = MSGHDR_SIZE + IOVEC_SIZE;
+    const total = this.controlOffset + this.controlCapacity;
+    const native = allocNative(total);
+    this.pointer = native.pointer;
+    this.view = new DataView(native.bytes.buffer, native.bytes.byteOffset, total);
+    this.iovAddress = native.address + BigInt(MSGHDR_SIZE);
+    this.controlAddress = native.address + BigInt(this.controlOffset);
+    this.view.setBigUint64(16, this.iovAddress, true); // msg_iov
+    this.view.setBigUint64(24, 1n, true); // msg_iovlen
+  }
+
+  setBuffer(address: bigint, length: number): void {
+    this.view.setBigUint64(MSGHDR_SIZE, address, true);
+    this.view.setBigUint64(MSGHDR_SIZE + 8, BigInt(length), true);
+  }
+
+  /** Attaches fds as one SCM_RIGHTS message (or none). */
+  setFds(fds: readonly number[] | undefined): void {
+    if (!fds || fds.length === 0) {
+      this.view.setBigUint64(32, 0n, true);
+      this.view.setBigUint64(40, 0n, true);
+      return;
+    }
+    const len = CMSG_HEADER + fds.length * 4;
+    if (len > this.controlCapacity) throw new SysError("sendmsg", EMSGSIZE, `${fds.length} fds`);
+    const c = this.controlOffset;
+    this.view.setBigUint64(c, BigInt(len), true); // cmsg_len
+    this.view.setInt32(c + 8, SOL_SOCKET, true);
+    this.view.setInt32(c + 12, SCM_RIGHTS, true);
+    for (let i = 0; i < fds.length; i++) this.view.setInt32(c + CMSG_HEADER + i * 4, fds[i]!, true);
+    this.view.setBigUint64(32, this.controlAddress, true);
+    this.view.setBigUint64(40, BigInt(CMSG_HEADER + align8(fds.length * 4)), true);
+  }
+
+  /** Offers the whole control area for receiving. */
+  armControl(): void {
+    this.view.setBigUint64(32, this.controlAddress, true);
+    this.view.setBigUint64(40, BigInt(this.controlCapacity), true);
+    this.view.setInt32(48, 0, true);
+  }
+
+  flags(): number {
+    return this.view.getInt32(48, true);
+  }
+
+  /** Appends every fd carried by SCM_RIGHTS control messages to `out`. */
+  collectFds(out: number[]): void {
+    const controlLen = Number(this.view.getBigUint64(40, true));
+    let offset = 0;
+    while (offset + CMSG_HEADER <= controlLen) {
+      const c = this.controlOffset + offset;
+      const len = Number(this.view.getBigUint64(c, true));
+      if (len < CMSG_HEADER) break;
+      if (this.view.getInt32(c + 8, true) === SOL_SOCKET && this.view.getInt32(c + 12, true) === SCM_RIGHTS) {
+        const n = (len - CMSG_HEADER) >> 2;
+        for (let i = 0; i < n; i++) out.push(this.view.getInt32(c + CMSG_HEADER + i * 4, true));
+      }
+      offset += CMSG_HEADER + align8(len - CMSG_HEADER);
+    }
+  }
+
+  free(): void {
+    freeNative(this.pointer);
+  }
+}
+
+function align8(n: number): number {
+  return (n + 7) & ~7;
+}
+
+export interface ChannelOptions {
+  /** Size of each of the send and receive buffers, in bytes. */
+  readonly capacity: number;
+  /** Most fds one message may carry in either direction. */
+  readonly maxFds?: number;
+}
+
+/**
+ * A stream socket with a native send buffer and a native receive buffer.
+ * Callers encode straight into `sendBuffer` and decode straight out of
+ * `recvBuffer`; fds that arrive are collected in `receivedFds`.
+ */
+export class SocketChannel {
+  readonly sendBuffer: Uint8Array;
+  readonly recvBuffer: Uint8Array;
+  /** Fds delivered by the most recent `recv` call (the array is reused). */
+  readonly receivedFds: number[] = [];
+  private readonly sendNative: { pointer: NativePointer; address: bigint };
+  private readonly recvNative: { pointer: NativePointer; address: bigint };
+  private readonly sendMsg: NativeMsg;
+  private readonly recvMsg: NativeMsg;
+  private open = true;
+
+  constructor(
+    readonly fd: number,
+    options: ChannelOptions,
+  ) {
+    const maxFds = options.maxFds ?? 16;
+    const send = allocNative(options.capacity);
+    const recv = allocNative(options.capacity);
+    this.sendNative = send;
+    this.recvNative = recv;
+    this.sendBuffer = send.bytes;
+    this.recvBuffer = recv.bytes;
+    this.sendMsg = new NativeMsg(maxFds);
+    this.recvMsg = new NativeMsg(maxFds);
+  }
+
+  get isOpen(): boolean {
+    return this.open;
+  }
+
+  /**
+   * Sends sendBuffer[0, length) completely, the fds riding on the first chunk.
+   * Blocks while the peer's receive queue is full (bounded by SO_SNDTIMEO if set).
+   */
+  send(length: number, fds?: readonly number[]): void {
+    let sent = 0;
+    this.sendMsg.setFds(fds);
+    while (sent < length) {
+      this.sendMsg.setBuffer(this.sendNative.address + BigInt(sent), length - sent);
+      const n = libc.sendmsg(this.fd, this.sendMsg.pointer, MSG_NOSIGNAL);
+      if (n < 0) {
+        const e = errno();
+        if (e === EINTR) continue;
+        if (e === EAGAIN) {
+          // Non-blocking socket or send timeout: wait once more for room, then give up.
+          if (pollOne(this.fd, POLLOUT, 5000) === 0) throw new SysError("sendmsg", e, "peer not reading");
+          continue;
+        }
+        throw new SysError("sendmsg", e);
+      }
+      if (sent === 0 && fds && fds.length > 0) this.sendMsg.setFds(undefined);
+      sent += n;
+    }
+  }
+
+  /** Copies bytes into the send buffer and sends them. */
+  sendBytes(bytes: Uint8Array, fds?: readonly number[]): void {
+    if (bytes.length > this.sendBuffer.length) throw new SysError("sendmsg", EMSGSIZE);
+    this.sendBuffer.set(bytes);
+    this.send(bytes.length, fds);
+  }
+
+  /**
+   * Receives up to `length` bytes into recvBuffer at `offset`. Returns the byte
+   * count, 0 at end of stream, or -1 if `wait` is false and nothing is there.
+   * Fds that came with the bytes are in `receivedFds`; if the kernel had to drop
+   * fds for lack of room, the ones that did arrive are closed and EMSGSIZE thrown.
+   */
+  recv(offset: number, length: number, wait: boolean): number {
+    this.receivedFds.length = 0;
+    this.recvMsg.setBuffer(this.recvNative.address + BigInt(offset), length);
+    for (;;) {
+      this.recvMsg.armControl();
+      const n = libc.recvmsg(this.fd, this.recvMsg.pointer, MSG_CMSG_CLOEXEC | (wait ? 0 : MSG_DONTWAIT));
+      if (n < 0) {
+        const e = errno();
+        if (e === EINTR) continue;
+        if (e === EAGAIN && !wait) return -1;
+        throw new SysError("recvmsg", e);
+      }
+      this.recvMsg.collectFds(this.receivedFds);
+      if (this.recvMsg.flags() & MSG_CTRUNC) {
+        for (const fd of this.receivedFds) closeFd(fd);
+        this.receivedFds.length = 0;
+        throw new SysError("recvmsg", EMSGSIZE, "too many fds in one message");
+      }
+      return n;
+    }
+  }
+
+  /** Closes the socket and releases the native buffers. */
+  close(): void {
+    if (!this.open) return;
+    this.open = false;
+    closeFd(this.fd);
+    freeNative(this.sendNative.pointer);
+    freeNative(this.recvNative.pointer);
+    this.sendMsg.free();
+    this.recvMsg.free();
+  }
+}
