@@ -11,6 +11,7 @@ export {
   acceptUnix,
   connectUnix,
   listenUnix,
+  setReceiveTimeout,
   setSendTimeout,
   shutdownSocket,
   socketPair,

@@ -81,10 +81,14 @@ export function check(syscall: string, result: number): number {
 }
 
 /** Allocates native (non-GC-moved) memory: a pointer, its address, and a byte view. */
-export function allocNative(length: number): { pointer: NativePointer; address: bigint; bytes: Uint8Array } {
+export function allocNative(
+  length: number,
+  zero = true,
+): { pointer: NativePointer; address: bigint; bytes: Uint8Array } {
   const pointer = koffi.alloc("uint8_t", Math.max(length, 1)) as NativePointer;
   const bytes = new Uint8Array(koffi.view(pointer, length));
-  bytes.fill(0);
+  // Large I/O buffers are left untouched so their pages are only committed when used.
+  if (zero) bytes.fill(0);
   return { pointer, address: koffi.address(pointer), bytes };
 }
 

@@ -17,6 +17,7 @@ import {
   SOCK_NONBLOCK,
   SOCK_STREAM,
   SOL_SOCKET,
+  SO_RCVTIMEO,
   SO_SNDTIMEO,
   type NativePointer,
   allocNative,
@@ -93,15 +94,21 @@ export function socketPair(): [number, number] {
   return [sv[0]!, sv[1]!];
 }
 
-/** Bounds how long a blocking send may wait for a peer that stopped reading. */
-export function setSendTimeout(fd: number, ms: number): void {
+function setTimeoutOption(fd: number, option: number, ms: number): void {
   const tv = new DataView(new ArrayBuffer(16));
   tv.setBigInt64(0, BigInt(Math.floor(ms / 1000)), true);
   tv.setBigInt64(8, BigInt((ms % 1000) * 1000), true);
-  check(
-    "setsockopt(SO_SNDTIMEO)",
-    libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, new Uint8Array(tv.buffer), 16),
-  );
+  check("setsockopt", libc.setsockopt(fd, SOL_SOCKET, option, new Uint8Array(tv.buffer), 16));
+}
+
+/** Bounds how long a blocking send may wait for a peer that stopped reading. */
+export function setSendTimeout(fd: number, ms: number): void {
+  setTimeoutOption(fd, SO_SNDTIMEO, ms);
+}
+
+/** Bounds how long a blocking receive waits; it then fails with EAGAIN. */
+export function setReceiveTimeout(fd: number, ms: number): void {
+  setTimeoutOption(fd, SO_RCVTIMEO, ms);
 }
 
 export function shutdownSocket(fd: number): void {
@@ -222,8 +229,8 @@ export class SocketChannel {
     options: ChannelOptions,
   ) {
     const maxFds = options.maxFds ?? 16;
-    const send = allocNative(options.capacity);
-    const recv = allocNative(options.capacity);
+    const send = allocNative(options.capacity, false);
+    const recv = allocNative(options.capacity, false);
     this.sendNative = send;
     this.recvNative = recv;
     this.sendBuffer = send.bytes;
