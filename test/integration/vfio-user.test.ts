@@ -81,7 +81,7 @@ for (const twin of [false, true]) {
       assert.equal(config.fd, undefined);
       const bar2 = c.getRegionInfo(PciRegion.BAR2);
       assert.equal(bar2.flags & REGION_INFO_FLAG_MMAP, REGION_INFO_FLAG_MMAP);
-      assert.deepEqual(bar2.sparseMmap, [{ offset: 0, size: 0x10000 }]);
+      assert.deepEqual(bar2.sparseMmap, [{ offset: 0, size: 0x100000 }]);
       assert.ok(bar2.fd !== undefined, "the mmap fd comes with the reply");
       // Pass-through: bytes written through our mapping are what the device sees.
       const m = Mapping.ofFd(bar2.fd, bar2.size);
