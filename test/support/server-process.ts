@@ -1,6 +1,6 @@
 /** Starts a fixture server in a child process and waits until it listens. */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,31 +19,32 @@ export interface ServerProcess {
 export async function startFixtureServer(script: string, args: string[] = []): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-test-"));
   const socketPath = join(dir, "device.sock");
+  // The server's log goes to a file, not a pipe: tests block their event loop in
+  // synchronous client calls, and a full pipe would stall the server's logging.
+  const logPath = join(dir, "server.log");
+  const logFd = openSync(logPath, "w");
   const child = spawn(process.execPath, [join(fixtures, script), socketPath, ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", "pipe", logFd],
     env: { ...process.env, MGPU_LOG_LEVEL: process.env.MGPU_LOG_LEVEL ?? "warn" },
   });
-  let err = "";
-  child.stderr!.on("data", (d: Buffer) => {
-    err += d.toString();
-    if (err.length > 1 << 20) err = err.slice(-(1 << 19));
-  });
+  closeSync(logFd);
+  const readLog = () => readFileSync(logPath, "utf8");
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${err}`)), 10_000);
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${readLog()}`)), 10_000);
     child.stdout!.once("data", () => {
       clearTimeout(timer);
       resolve();
     });
     child.once("exit", (code) => {
       clearTimeout(timer);
-      reject(new Error(`server exited (${code}): ${err}`));
+      reject(new Error(`server exited (${code}): ${readLog()}`));
     });
   });
   return {
     socketPath,
     child,
     fdCount: () => readdirSync(`/proc/${child.pid}/fd`).length,
-    stderr: () => err,
+    stderr: readLog,
     stop: async () => {
       if (child.exitCode === null) {
         const exited = new Promise((r) => child.once("exit", r));
