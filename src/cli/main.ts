@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+/** `mgpu` — the command line. */
+import { Command } from "commander";
+import { formatProbe, probe } from "./probe.js";
+
+const program = new Command();
+program
+  .name("mgpu")
+  .description("mediated-gpu: GPU virtualization with mediated pass-through over vfio-user");
+
+program
+  .command("probe")
+  .description("connect to a vfio-user server and describe its device, like lspci -vv")
+  .argument("<socket>", "path of the server's UNIX socket")
+  .option("--json", "print JSON instead of text")
+  .action((socket: string, options: { json?: boolean }) => {
+    const result = probe(socket);
+    console.log(
+      options.json
+        ? JSON.stringify(result, (_k, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v), 2)
+        : formatProbe(result),
+    );
+  });
+
+try {
+  await program.parseAsync();
+} catch (e) {
+  const code = (e as { code?: string }).code;
+  console.error(
+    `mgpu: ${e instanceof Error ? e.message : String(e)}${code && !String(e).includes(code) ? ` (${code})` : ""}`,
+  );
+  process.exit(1);
+}
