@@ -166,6 +166,7 @@ test("region info carries the sparse-mmap and type capabilities, only when argsz
   const short = roundTrip((w) => encodeRegionInfo(w, 32, info), decodeRegionInfo);
   assert.equal(short.argsz, full.argsz, "argsz tells the client how much room to ask for");
   assert.equal(short.hasCaps, false);
+  assert.equal(short.flags, 7, "no CAPS flag without the chain (QEMU refuses that)");
   assert.equal(short.sparseMmap, undefined);
   // A capability chain that points back at itself is refused, not followed forever.
   const view = new DataView(new ArrayBuffer(64));

@@ -14,6 +14,7 @@ import {
   IRQ_SET_DATA_NONE,
   IRQ_SET_DATA_TYPE_MASK,
   REGION_INFO_CAP_SPARSE_MMAP,
+  REGION_INFO_FLAG_CAPS,
   REGION_INFO_CAP_TYPE,
 } from "./constants.js";
 import { invalid } from "./errors.js";
@@ -269,8 +270,10 @@ export function regionInfoFullSize(info: RegionInfo): number {
 export function encodeRegionInfo(w: PayloadWriter, argsz: number, info: RegionInfo): void {
   const full = regionInfoFullSize(info);
   const withCaps = full > REGION_INFO_SIZE && argsz >= full;
-  let flags = info.flags;
-  if (full > REGION_INFO_SIZE) flags |= 8; // VFIO_REGION_INFO_FLAG_CAPS: caps exist
+  // FLAG_CAPS only when the chain is in this reply: QEMU refuses CAPS with a
+  // cap_offset of 0. A short reply still tells the full size in argsz.
+  let flags = info.flags & ~REGION_INFO_FLAG_CAPS;
+  if (withCaps) flags |= REGION_INFO_FLAG_CAPS;
   w.u32(full)
     .u32(flags)
     .u32(info.index)

@@ -16,9 +16,13 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
-export async function startFixtureServer(script: string, args: string[] = []): Promise<ServerProcess> {
+export async function startFixtureServer(
+  script: string,
+  args: string[] = [],
+  options: { socketPath?: string } = {},
+): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-test-"));
-  const socketPath = join(dir, "device.sock");
+  const socketPath = options.socketPath ?? join(dir, "device.sock");
   // The server's log goes to a file, not a pipe: tests block their event loop in
   // synchronous client calls, and a full pipe would stall the server's logging.
   const logPath = join(dir, "server.log");
