@@ -20,5 +20,7 @@ if [ -z "${MGPU_GUEST_TREE:-}" ]; then
   fi
 fi
 
-if [ "$#" -eq 0 ]; then set -- dist/src dist/test; fi
+# Test files are named *.test.ts (a directory argument would make node run every
+# file under test/, fixtures included).
+if [ "$#" -eq 0 ]; then mapfile -t tests < <(find dist/src dist/test -name '*.test.js' | sort); set -- "${tests[@]}"; fi
 node --test --test-concurrency=1 "$@"
