@@ -30,19 +30,35 @@ export interface MapOptions {
  * accesses read zeros and write nowhere, and the file is no longer reachable.
  * `unmap()` is for owners who know no view escaped.
  */
+interface MappingRecord {
+  readonly pointer: NativePointer;
+  readonly length: number;
+  state: "mapped" | "revoked" | "unmapped";
+}
+
+/**
+ * Address ranges are returned to the system once nothing can touch them: when
+ * the ArrayBuffer over them has been collected, no view of it is left.
+ */
+const collector = new FinalizationRegistry<MappingRecord>((record) => {
+  if (record.state !== "unmapped") libc.munmap(record.pointer, record.length);
+});
+
 export class Mapping {
   readonly buffer: ArrayBuffer;
   readonly bytes: Uint8Array;
   readonly address: bigint;
-  private state: "mapped" | "revoked" | "unmapped" = "mapped";
+  private readonly record: MappingRecord;
 
   private constructor(
-    private readonly pointer: NativePointer,
+    pointer: NativePointer,
     readonly length: number,
   ) {
     this.buffer = viewNative(pointer, length);
     this.bytes = new Uint8Array(this.buffer);
     this.address = addressOf(pointer);
+    this.record = { pointer, length, state: "mapped" };
+    collector.register(this.buffer, this.record, this.record);
   }
 
   static ofFd(fd: number, length: number, options: MapOptions = {}): Mapping {
@@ -54,22 +70,26 @@ export class Mapping {
   }
 
   get revoked(): boolean {
-    return this.state !== "mapped";
+    return this.record.state !== "mapped";
   }
 
-  /** Cuts the link to the file; existing views stay valid but see private zero pages. */
+  /**
+   * Cuts the link to the file; existing views stay valid but see private zero
+   * pages. The range itself is released when the last view is collected.
+   */
   revoke(): void {
-    if (this.state !== "mapped") return;
+    if (this.record.state !== "mapped") return;
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
     const p = mmapAt(this.address, this.length, PROT_READ | PROT_WRITE, flags, -1, 0);
     if (p === null || addressOf(p) !== this.address) throw new SysError("mmap(MAP_FIXED)", errno());
-    this.state = "revoked";
+    this.record.state = "revoked";
   }
 
-  /** Releases the address range. Only safe if no view of `buffer` is used afterwards. */
+  /** Releases the address range now. Only safe if no view of `buffer` is used afterwards. */
   unmap(): void {
-    if (this.state === "unmapped") return;
-    check("munmap", libc.munmap(this.pointer, this.length));
-    this.state = "unmapped";
+    if (this.record.state === "unmapped") return;
+    check("munmap", libc.munmap(this.record.pointer, this.length));
+    this.record.state = "unmapped";
+    collector.unregister(this.record);
   }
 }

@@ -2,7 +2,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), "..", "fixtures");
@@ -16,10 +16,18 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
+/** Starts src/samples/serve.js (the toolkit sample) with --socket-path. */
+export function startSampleServer(options: { socketPath?: string } = {}): Promise<ServerProcess> {
+  return startFixtureServer(join(fixtures, "..", "..", "src", "samples", "serve.js"), [], {
+    ...options,
+    socketFlag: "--socket-path=",
+  });
+}
+
 export async function startFixtureServer(
   script: string,
   args: string[] = [],
-  options: { socketPath?: string } = {},
+  options: { socketPath?: string; socketFlag?: string } = {},
 ): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-test-"));
   const socketPath = options.socketPath ?? join(dir, "device.sock");
@@ -27,7 +35,8 @@ export async function startFixtureServer(
   // synchronous client calls, and a full pipe would stall the server's logging.
   const logPath = join(dir, "server.log");
   const logFd = openSync(logPath, "w");
-  const child = spawn(process.execPath, [join(fixtures, script), socketPath, ...args], {
+  const socketArg = options.socketFlag ? `${options.socketFlag}${socketPath}` : socketPath;
+  const child = spawn(process.execPath, [resolve(fixtures, script), socketArg, ...args], {
     stdio: ["ignore", "pipe", logFd],
     env: { ...process.env, MGPU_LOG_LEVEL: process.env.MGPU_LOG_LEVEL ?? "warn" },
   });

@@ -1,0 +1,306 @@
+/**
+ * The device's view of client (guest) memory: the windows the VMM mapped with
+ * DMA_MAP, reached directly through mmap when it passed an fd and through
+ * DMA_READ/DMA_WRITE messages when it did not; scatter-gather across windows;
+ * permission, bus-master and bounds checks; dirty-page logging for migration.
+ *
+ * Unmapping never leaves the device a dangling pointer: the mapping is revoked
+ * (its pages replaced by private zero pages) and views taken from it report
+ * themselves stale, so a device that still holds one gets a clean error.
+ */
+import { Mapping, SysError, closeFd, fdSize } from "../sys/index.js";
+import {
+  DMA_FLAG_READ,
+  DMA_FLAG_WRITE,
+  DMA_UNMAP_FLAG_ALL,
+  DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+  type DeviceSession,
+  type DmaMapRequest,
+  type DmaUnmapRequest,
+  Errno,
+  VfioUserError,
+} from "../vfio-user/index.js";
+
+/** A DMA that could not be done; carries the errno a command reply would use. */
+export class DmaError extends VfioUserError {
+  constructor(errno: number, message: string) {
+    super(errno, message);
+    this.name = "DmaError";
+  }
+}
+
+export const DMA_PAGE_SIZE = 4096;
+
+class Window {
+  /** One bit per 4 KiB page written while logging is on. */
+  dirty: Uint8Array | undefined;
+  revoked = false;
+  constructor(
+    readonly address: bigint,
+    readonly size: number,
+    readonly flags: number,
+    readonly mapping: Mapping | undefined,
+    readonly fd: number | undefined,
+  ) {}
+  get end(): bigint {
+    return this.address + BigInt(this.size);
+  }
+}
+
+/** Direct access to part of one fd-backed window. Check `valid` (or call `check`) before trusting it. */
+export class DmaView {
+  constructor(
+    private readonly window: Window,
+    readonly address: bigint,
+    readonly bytes: Uint8Array,
+  ) {}
+  get valid(): boolean {
+    return !this.window.revoked;
+  }
+  check(): void {
+    if (this.window.revoked)
+      throw new DmaError(Errno.EFAULT, `DMA window at 0x${this.address.toString(16)} was unmapped`);
+  }
+}
+
+export interface DmaOptions {
+  /** The client connection, for windows mapped without an fd. */
+  readonly session: () => DeviceSession | undefined;
+  /** Bus mastering enabled in the command register (DMA is refused otherwise). */
+  readonly busMaster: () => boolean;
+  readonly maxMappings?: number;
+}
+
+export class DmaSpace {
+  private windows: Window[] = [];
+  private logging: { pageSize: number } | undefined;
+  private readonly scratch: { window: Window; offset: number } = {
+    window: undefined as unknown as Window,
+    offset: 0,
+  };
+
+  constructor(private readonly options: DmaOptions) {}
+
+  get mappingCount(): number {
+    return this.windows.length;
+  }
+
+  map(req: DmaMapRequest, fd: number | undefined): void {
+    const size = req.size;
+    if (size === 0n || req.address % BigInt(DMA_PAGE_SIZE) !== 0n || size % BigInt(DMA_PAGE_SIZE) !== 0n)
+      throw new DmaError(Errno.EINVAL, "DMA_MAP address and size must be non-zero multiples of 4 KiB");
+    if (size > BigInt(Number.MAX_SAFE_INTEGER) || req.address + size > 1n << 64n)
+      throw new DmaError(Errno.EINVAL, "DMA_MAP range too large");
+    if (this.windows.length >= (this.options.maxMappings ?? 65535))
+      throw new DmaError(Errno.ENOSPC, "too many DMA mappings");
+    const end = req.address + size;
+    if (this.windows.some((w) => req.address < w.end && w.address < end))
+      throw new DmaError(Errno.EEXIST, "DMA_MAP overlaps an existing mapping");
+    let mapping: Mapping | undefined;
+    if (fd !== undefined) {
+      if (req.offset % BigInt(DMA_PAGE_SIZE) !== 0n)
+        throw new DmaError(Errno.EINVAL, "DMA_MAP fd offset not page aligned");
+      // Touching pages past the end of the file would raise SIGBUS.
+      if (req.offset + size > BigInt(fdSize(fd)))
+        throw new DmaError(Errno.EINVAL, "DMA_MAP extends past the end of its file");
+      try {
+        mapping = Mapping.ofFd(fd, Number(size), {
+          offset: Number(req.offset),
+          readable: (req.flags & DMA_FLAG_READ) !== 0,
+          writable: (req.flags & DMA_FLAG_WRITE) !== 0,
+        });
+      } catch (e) {
+        throw new DmaError(
+          e instanceof SysError ? e.errno : Errno.EINVAL,
+          `cannot mmap DMA region: ${String(e)}`,
+        );
+      }
+    }
+    const w = new Window(req.address, Number(size), req.flags, mapping, fd);
+    if (this.logging) w.dirty = new Uint8Array(Math.ceil(w.size / DMA_PAGE_SIZE / 8));
+    this.windows.push(w);
+    this.windows.sort((a, b) => (a.address < b.address ? -1 : 1));
+  }
+
+  /** DMA_UNMAP: an exact mapping, or all; returns the dirty bitmap if asked. */
+  unmap(req: DmaUnmapRequest): Uint8Array | undefined {
+    if (req.flags & DMA_UNMAP_FLAG_ALL) {
+      for (const w of this.windows) this.release(w);
+      this.windows = [];
+      return undefined;
+    }
+    const w = this.windows.find((x) => x.address === req.address && BigInt(x.size) === req.size);
+    if (!w) throw new DmaError(Errno.ENOENT, "DMA_UNMAP does not match a mapping exactly");
+    let bitmap: Uint8Array | undefined;
+    if (req.flags & DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) {
+      if (!this.logging || !w.dirty) throw new DmaError(Errno.EINVAL, "dirty logging is not on");
+      bitmap = this.reportWindow(w, w.address, w.size, Number(req.bitmap!.pgsize), req.bitmap!.size);
+    }
+    this.release(w);
+    this.windows.splice(this.windows.indexOf(w), 1);
+    return bitmap;
+  }
+
+  /** The client is gone: everything it mapped goes with it. */
+  unmapAll(): void {
+    this.unmap({ argsz: 24, flags: DMA_UNMAP_FLAG_ALL, address: 0n, size: 0n });
+  }
+
+  read(address: bigint, out: Uint8Array): void {
+    this.transfer(address, out, false);
+  }
+
+  write(address: bigint, data: Uint8Array): void {
+    this.transfer(address, data, true);
+  }
+
+  /** Reads a scatter-gather list into one buffer, in order. */
+  readList(list: readonly { address: bigint; length: number }[], out: Uint8Array): void {
+    let at = 0;
+    for (const e of list) {
+      this.transfer(e.address, out.subarray(at, at + e.length), false);
+      at += e.length;
+    }
+  }
+
+  /** Writes one buffer across a scatter-gather list, in order. */
+  writeList(list: readonly { address: bigint; length: number }[], data: Uint8Array): void {
+    let at = 0;
+    for (const e of list) {
+      this.transfer(e.address, data.subarray(at, at + e.length), true);
+      at += e.length;
+    }
+  }
+
+  /**
+   * Direct access to guest memory (fd-backed windows only) for engines that work
+   * in place. A view for writing marks its pages dirty when taken.
+   */
+  view(address: bigint, length: number, forWrite: boolean): DmaView {
+    this.checkBusMaster();
+    const { window: w, offset } = this.locate(address, length);
+    if (!w.mapping) throw new DmaError(Errno.EFAULT, "guest memory mapped without an fd has no direct view");
+    this.checkPermission(w, forWrite);
+    if (forWrite) this.markDirty(w, offset, length);
+    return new DmaView(w, address, w.mapping.bytes.subarray(offset, offset + length));
+  }
+
+  // ---- dirty logging (DEVICE_FEATURE DMA_LOGGING_*) -----------------------
+
+  startLogging(pageSize: number): void {
+    if (!Number.isInteger(Math.log2(pageSize)) || pageSize < 512)
+      throw new DmaError(Errno.EINVAL, `page size ${pageSize}`);
+    this.logging = { pageSize };
+    for (const w of this.windows) w.dirty = new Uint8Array(Math.ceil(w.size / DMA_PAGE_SIZE / 8));
+  }
+
+  stopLogging(): void {
+    this.logging = undefined;
+    for (const w of this.windows) w.dirty = undefined;
+  }
+
+  get loggingActive(): boolean {
+    return this.logging !== undefined;
+  }
+
+  /** The dirty bitmap (u64 words, one bit per pageSize) of [iova, iova+length); reported pages are cleared. */
+  report(iova: bigint, length: number, pageSize: number): Uint8Array {
+    if (!this.logging) throw new DmaError(Errno.EINVAL, "dirty logging is not on");
+    if (!Number.isInteger(Math.log2(pageSize)) || pageSize < 512)
+      throw new DmaError(Errno.EINVAL, `page size ${pageSize}`);
+    const pages = Math.ceil(length / pageSize);
+    const out = new Uint8Array(Math.ceil(pages / 64) * 8);
+    for (const w of this.windows) {
+      if (w.end <= iova || w.address >= iova + BigInt(length)) continue;
+      const part = this.reportWindow(w, iova, length, pageSize, out.length);
+      for (let i = 0; i < out.length; i++) out[i]! |= part[i]!;
+    }
+    return out;
+  }
+
+  // ---- internals ----------------------------------------------------------
+
+  private reportWindow(w: Window, iova: bigint, length: number, pageSize: number, bytes: number): Uint8Array {
+    const out = new Uint8Array(bytes);
+    if (!w.dirty) return out;
+    const start = iova > w.address ? iova : w.address;
+    const end = iova + BigInt(length) < w.end ? iova + BigInt(length) : w.end;
+    for (let a = start; a < end; a += BigInt(DMA_PAGE_SIZE)) {
+      const page = Number(a - w.address) / DMA_PAGE_SIZE;
+      if (!(w.dirty[page >> 3]! & (1 << (page & 7)))) continue;
+      w.dirty[page >> 3]! &= ~(1 << (page & 7));
+      // A 4 KiB page sets every report bit it overlaps (several when pageSize is smaller).
+      const first = Number((a - iova) / BigInt(pageSize));
+      const last = Number((a + BigInt(DMA_PAGE_SIZE) - 1n - iova) / BigInt(pageSize));
+      for (let bit = first; bit <= last && bit >> 3 < bytes; bit++) out[bit >> 3]! |= 1 << (bit & 7);
+    }
+    return out;
+  }
+
+  private transfer(address: bigint, bytes: Uint8Array, isWrite: boolean): void {
+    this.checkBusMaster();
+    let done = 0;
+    while (done < bytes.length) {
+      const at = address + BigInt(done);
+      const { window: w, offset } = this.locate(at, 1);
+      this.checkPermission(w, isWrite);
+      const n = Math.min(bytes.length - done, w.size - offset);
+      const chunk = bytes.subarray(done, done + n);
+      if (w.mapping) {
+        if (isWrite) w.mapping.bytes.set(chunk, offset);
+        else chunk.set(w.mapping.bytes.subarray(offset, offset + n));
+      } else {
+        const session = this.options.session();
+        if (!session) throw new DmaError(Errno.ENOTCONN, "no client to carry DMA messages");
+        if (isWrite) session.dmaWrite(at, chunk);
+        else session.dmaRead(at, chunk);
+      }
+      if (isWrite) this.markDirty(w, offset, n);
+      done += n;
+    }
+  }
+
+  private locate(address: bigint, length: number): { window: Window; offset: number } {
+    const s = this.scratch;
+    for (const w of this.windows) {
+      if (address >= w.address && address < w.end) {
+        if (address + BigInt(length) > w.end)
+          throw new DmaError(
+            Errno.EFAULT,
+            `DMA at 0x${address.toString(16)}+${length} crosses a window's end`,
+          );
+        s.window = w;
+        s.offset = Number(address - w.address);
+        return s;
+      }
+    }
+    throw new DmaError(Errno.EFAULT, `no DMA mapping covers 0x${address.toString(16)}`);
+  }
+
+  private checkPermission(w: Window, isWrite: boolean): void {
+    if (isWrite && !(w.flags & DMA_FLAG_WRITE))
+      throw new DmaError(Errno.EPERM, "DMA write to a read-only mapping");
+    if (!isWrite && !(w.flags & DMA_FLAG_READ))
+      throw new DmaError(Errno.EPERM, "DMA read from a write-only mapping");
+  }
+
+  private checkBusMaster(): void {
+    if (!this.options.busMaster()) throw new DmaError(Errno.EPERM, "bus mastering is disabled");
+  }
+
+  private markDirty(w: Window, offset: number, length: number): void {
+    if (!w.dirty || length === 0) return;
+    for (
+      let p = Math.floor(offset / DMA_PAGE_SIZE);
+      p <= Math.floor((offset + length - 1) / DMA_PAGE_SIZE);
+      p++
+    )
+      w.dirty[p >> 3]! |= 1 << (p & 7);
+  }
+
+  private release(w: Window): void {
+    w.revoked = true;
+    w.mapping?.revoke();
+    if (w.fd !== undefined) closeFd(w.fd);
+  }
+}
