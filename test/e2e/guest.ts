@@ -14,7 +14,7 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import type { TestContext } from "node:test";
 
 /** The provisioned tree, or undefined. Under CI a missing tree is an error, not a skip. */
@@ -40,6 +40,10 @@ export interface BootOptions {
   readonly script: string;
   /** Kernel modules (by name) decompressed into /modules for the script to insmod, in order. */
   readonly modules?: readonly string[];
+  /** Extra files for the initramfs: guest path → host path. */
+  readonly files?: Readonly<Record<string, string>>;
+  /** Extra kernel command-line arguments. */
+  readonly append?: string;
   /** Extra QEMU arguments (devices, memory backends). */
   readonly qemuArgs?: readonly string[];
   readonly memoryMiB?: number;
@@ -84,6 +88,7 @@ function buildInitramfs(
   tree: string,
   script: string,
   modules: readonly string[],
+  files: Readonly<Record<string, string>>,
 ): { guestPath: string; dir: string } {
   const tmp = join(tree, "tmp");
   mkdirSync(tmp, { recursive: true });
@@ -101,6 +106,12 @@ function buildInitramfs(
     if (path.endsWith(".xz"))
       writeFileSync(out, execFileSync("chroot", [tree, "xz", "-dc", inTree], { maxBuffer: 64 << 20 }));
     else copyFileSync(path, out);
+  }
+  for (const [guestPath, hostPath] of Object.entries(files)) {
+    const target = join(root, guestPath);
+    mkdirSync(dirname(target), { recursive: true });
+    copyFileSync(hostPath, target);
+    chmodSync(target, 0o755);
   }
   writeFileSync(
     join(root, "init"),
@@ -131,7 +142,7 @@ export async function bootGuest(options: BootOptions): Promise<BootResult> {
   const { tree } = options;
   const kernel = readdirSync(join(tree, "boot")).find((f) => f.startsWith("vmlinuz-"));
   if (!kernel) throw new Error(`no kernel image in ${tree}/boot`);
-  const initrd = buildInitramfs(tree, options.script, options.modules ?? []);
+  const initrd = buildInitramfs(tree, options.script, options.modules ?? [], options.files ?? {});
   const args = [
     tree,
     "qemu-system-x86_64",
