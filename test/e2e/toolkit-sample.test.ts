@@ -36,7 +36,7 @@ function buildPcitool(t: { skip(reason: string): void }): string | undefined {
   } catch (e) {
     rmSync(dir, { recursive: true, force: true });
     const reason = `cannot build the guest helper with a static libc: ${String(e).split("\n")[0]}`;
-    if (process.env.CI === "true") throw new Error(reason);
+    if (process.env.CI === "true") throw new Error(reason, { cause: e });
     t.skip(reason);
     return undefined;
   }
