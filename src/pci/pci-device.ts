@@ -71,6 +71,8 @@ export interface BarSpec extends BarDeclaration {
   };
   /** Serves every access outside the memory areas (and the MSI-X table, if it lives here). */
   readonly handler?: RegionHandler;
+  /** VFIO region type capability (e.g. a vendor-defined type for an enlightened driver). */
+  readonly regionType?: { readonly type: number; readonly subtype: number };
 }
 
 export type ResetKind = "device" | "flr" | "power";
@@ -198,7 +200,8 @@ export class PciDevice implements VfioDevice {
         : { index, flags: 0, size: 0, offset: 0 };
     const bar = this.bars[index];
     if (!bar) return { index, flags: 0, size: 0, offset: 0 };
-    if (!bar.spec.memory) return { index, flags: rw, size: bar.spec.size, offset: 0 };
+    const type = bar.spec.regionType ? { type: bar.spec.regionType } : {};
+    if (!bar.spec.memory) return { index, flags: rw, size: bar.spec.size, offset: 0, ...type };
     return {
       index,
       flags: rw | REGION_INFO_FLAG_MMAP,
@@ -206,6 +209,7 @@ export class PciDevice implements VfioDevice {
       offset: bar.spec.memory.fdOffset ?? 0,
       sparseMmap: bar.areas,
       fd: bar.spec.memory.fd,
+      ...type,
     };
   }
 

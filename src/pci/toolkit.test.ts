@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createMemfd, closeFd } from "../sys/index.js";
-import { MigState, VfioUserError } from "../vfio-user/index.js";
+import { DMA_UNMAP_FLAG_GET_DIRTY_BITMAP, MigState, PciRegion, VfioUserError } from "../vfio-user/index.js";
+import { PciDevice } from "./pci-device.js";
 import { DmaError, DmaSpace } from "./dma.js";
 import { Migration } from "./migration.js";
 import { RegisterFile } from "./registers.js";
@@ -116,4 +117,60 @@ test("migration FSM: shortest paths, saving states only at the ends, forbidden a
   );
   plain.set(MigState.STOP);
   assert.deepEqual(plain.history, ["RUNNING -> STOP"]);
+});
+
+test("one BAR mixes an mmap area with trapped registers; ROM and region type are described", () => {
+  const fd = createMemfd("bar", 0x4000);
+  const trapped: number[] = [];
+  const dev = new PciDevice({
+    identity: { vendorId: 0x1234, deviceId: 0x1, classCode: 0x030000 },
+    bars: [
+      {
+        index: 0,
+        size: 0x4000,
+        kind: "mem32",
+        memory: { fd, areas: [{ offset: 0x1000, size: 0x2000 }] },
+        handler: {
+          read: (_offset, count, out, at) => out.fill(0xab, at, at + count),
+          write: (offset) => void trapped.push(offset),
+        },
+        regionType: { type: 0x80001234, subtype: 7 },
+      },
+    ],
+    rom: new Uint8Array([0x55, 0xaa, 1]),
+  });
+  const info = dev.regionInfo(0);
+  assert.deepEqual(info.sparseMmap, [{ offset: 0x1000, size: 0x2000 }]);
+  assert.deepEqual(info.type, { type: 0x80001234, subtype: 7 });
+  dev.config.writeValue(0x04, 2, 0x2);
+  const out = new Uint8Array(4);
+  dev.regionWrite(0, 0x1800, 4, new Uint8Array([1, 2, 3, 4]), 0);
+  assert.deepEqual([...dev.barMemory(0).subarray(0x1800, 0x1804)], [1, 2, 3, 4], "inside the area: memory");
+  dev.regionWrite(0, 0x3000, 4, new Uint8Array(4), 0);
+  dev.regionRead(0, 0x10, 4, out, 0);
+  assert.deepEqual(trapped, [0x3000], "outside it: the handler");
+  assert.deepEqual([...out], [0xab, 0xab, 0xab, 0xab]);
+  assert.equal(dev.regionInfo(PciRegion.ROM).size, 2048);
+  dev.regionRead(PciRegion.ROM, 0, 4, out, 0);
+  assert.deepEqual([...out], [0x55, 0xaa, 1, 0]);
+  assert.throws(() => dev.regionWrite(PciRegion.ROM, 0, 4, out, 0), VfioUserError);
+  assert.throws(() => dev.regionRead(0, 0x3ffe, 4, out, 0), VfioUserError);
+  closeFd(fd);
+});
+
+test("DMA_UNMAP with a dirty bitmap returns the window's written pages", () => {
+  const fd = createMemfd("guest", 0x10000);
+  const dma = new DmaSpace({ session: () => undefined, busMaster: () => true });
+  dma.map({ flags: 3, offset: 0n, address: 0x100000n, size: 0x10000n }, fd);
+  dma.startLogging(4096);
+  dma.write(0x103000n, new Uint8Array(10));
+  dma.write(0x10f000n, new Uint8Array(4096));
+  const bitmap = dma.unmap({
+    argsz: 48,
+    flags: DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+    address: 0x100000n,
+    size: 0x10000n,
+    bitmap: { pgsize: 4096n, size: 8 },
+  })!;
+  assert.equal(new DataView(bitmap.buffer).getBigUint64(0, true), (1n << 3n) | (1n << 15n));
 });
