@@ -10,6 +10,7 @@ type Bench = () => Promise<BenchReport>;
 
 const benches: Record<string, () => Promise<Bench>> = {
   "vfio-user": async () => (await import("./vfio-user.js")).run,
+  gpu: async () => (await import("./gpu.js")).run,
 };
 
 async function main(): Promise<void> {

@@ -1,0 +1,324 @@
+/**
+ * The render engine: a command streamer that fetches from a ring buffer in
+ * graphics memory (start/head/tail/control registers, wrap-around), follows
+ * batch buffers (chained, and nested one level), and executes MI commands and
+ * XY blits over graphics memory.
+ *
+ * Execution is explicit: `run(budget)` executes up to `budget` commands and
+ * returns, so whoever owns the engine (the native driver, or the mediator's
+ * scheduler) decides how long it runs. A bad command, a GTT fault or a bad
+ * batch nesting stops the engine with an error status and an interrupt; only
+ * `reset()` restarts it. Nothing a command stream contains can throw out of it.
+ */
+import {
+  BB_SECOND_LEVEL,
+  BLT_DEPTH_32,
+  BltOp,
+  CLIENT_2D,
+  CLIENT_MI,
+  FLUSH_NOTIFY,
+  FLUSH_POST_SYNC_WRITE,
+  MiOp,
+  ROP_PATCOPY,
+  ROP_SRCCOPY,
+  bltOpcode,
+  client,
+  commandLength,
+  miOpcode,
+} from "./commands.js";
+import type { InterruptController } from "./interrupts.js";
+import { type GraphicsMemory, GttFault } from "./memory.js";
+import { EngineError, EngineStatus, GPR_COUNT, Irq, Reg, RingCtl } from "./registers.js";
+
+const MAX_COMMAND_DWORDS = 64;
+
+export interface EngineStats {
+  commands: number;
+  blits: number;
+  pixels: number;
+  batches: number;
+}
+
+export class RenderEngine {
+  ringStart = 0;
+  ringHead = 0;
+  ringTail = 0;
+  ringCtl = 0;
+  error: number = EngineError.NONE;
+  errorAddress = 0;
+  readonly gpr = new Uint32Array(GPR_COUNT);
+  readonly stats: EngineStats = { commands: 0, blits: 0, pixels: 0, batches: 0 };
+  /** 0: ring, 1: first-level batch, 2: second-level batch. */
+  private level = 0;
+  private batchPc = 0;
+  /** Where a second-level batch returns to in the first-level one. */
+  private returnPc = 0;
+  private readonly cmd = new Uint32Array(MAX_COMMAND_DWORDS);
+
+  constructor(
+    private readonly memory: GraphicsMemory,
+    private readonly interrupts: InterruptController,
+  ) {}
+
+  get ringSize(): number {
+    return RingCtl.lengthPages(this.ringCtl) * 4096;
+  }
+
+  get idle(): boolean {
+    return (
+      this.error !== EngineError.NONE ||
+      (this.level === 0 && (this.ringHead === this.ringTail || !(this.ringCtl & RingCtl.ENABLE)))
+    );
+  }
+
+  get status(): number {
+    return (
+      (this.idle ? EngineStatus.IDLE : 0) |
+      (this.error !== EngineError.NONE ? EngineStatus.ERROR : 0) |
+      (this.level > 0 ? EngineStatus.IN_BATCH : 0)
+    );
+  }
+
+  get batchAddress(): number {
+    return this.level > 0 ? this.batchPc : 0;
+  }
+
+  /** Engine reset: stops whatever ran (mid-batch too), clears the error, empties the ring. */
+  reset(): void {
+    this.error = EngineError.NONE;
+    this.errorAddress = 0;
+    this.level = 0;
+    this.batchPc = 0;
+    this.returnPc = 0;
+    this.ringHead = this.ringTail;
+    this.gpr.fill(0);
+  }
+
+  /** Runs up to `budget` commands; returns the number executed. */
+  run(budget: number): number {
+    let executed = 0;
+    while (executed < budget && !this.idle) {
+      if (!this.step()) break;
+      executed++;
+    }
+    if (executed > 0 && this.idle && this.error === EngineError.NONE) this.interrupts.raise(Irq.IDLE);
+    return executed;
+  }
+
+  /** Runs until idle or error (bounded, so a runaway batch chain cannot hang the caller). */
+  runToIdle(limit = 1 << 24): boolean {
+    let total = 0;
+    while (!this.idle && total < limit) total += this.run(4096);
+    return this.idle;
+  }
+
+  private fail(code: number, address: number): false {
+    this.error = code;
+    this.errorAddress = address;
+    this.interrupts.raise(
+      code === EngineError.GTT_FAULT ? Irq.GTT_FAULT | Irq.ENGINE_ERROR : Irq.ENGINE_ERROR,
+    );
+    return false;
+  }
+
+  /** Fetches and executes one command. */
+  private step(): boolean {
+    if (this.level === 0 && !(this.ringCtl & RingCtl.ENABLE))
+      return this.fail(EngineError.RING_DISABLED, this.ringStart);
+    const fromRing = this.level === 0;
+    const address = fromRing ? this.ringStart + this.ringHead : this.batchPc;
+    let length: number;
+    try {
+      const dw0 = this.fetch(fromRing, 0);
+      const len = commandLength(dw0);
+      if (len === undefined) return this.fail(EngineError.UNKNOWN_COMMAND, address);
+      if (len > MAX_COMMAND_DWORDS) return this.fail(EngineError.BAD_COMMAND, address);
+      if (fromRing) {
+        const available = (this.ringTail - this.ringHead + this.ringSize) % this.ringSize;
+        if (len * 4 > available) return this.fail(EngineError.BAD_COMMAND, address);
+      }
+      this.cmd[0] = dw0;
+      for (let i = 1; i < len; i++) this.cmd[i] = this.fetch(fromRing, i);
+      length = len;
+    } catch (e) {
+      if (e instanceof GttFault) return this.fail(EngineError.GTT_FAULT, e.gma);
+      throw e;
+    }
+    // Advance before executing: a batch start replaces the position.
+    if (fromRing) this.ringHead = (this.ringHead + length * 4) % this.ringSize;
+    else this.batchPc += length * 4;
+    this.stats.commands++;
+    try {
+      return this.execute(length, address);
+    } catch (e) {
+      if (e instanceof GttFault) return this.fail(EngineError.GTT_FAULT, e.gma);
+      throw e;
+    }
+  }
+
+  private fetch(fromRing: boolean, index: number): number {
+    if (fromRing) return this.memory.read32(this.ringStart + ((this.ringHead + index * 4) % this.ringSize));
+    return this.memory.read32(this.batchPc + index * 4);
+  }
+
+  private execute(length: number, address: number): boolean {
+    const c = this.cmd;
+    const dw0 = c[0]!;
+    if (client(dw0) === CLIENT_MI) {
+      switch (miOpcode(dw0)) {
+        case MiOp.NOOP:
+          return true;
+        case MiOp.USER_INTERRUPT:
+          this.interrupts.raise(Irq.USER);
+          return true;
+        case MiOp.BATCH_BUFFER_END:
+          if (this.level === 2) {
+            this.level = 1;
+            this.batchPc = this.returnPc;
+          } else if (this.level === 1) {
+            this.level = 0;
+          }
+          return true;
+        case MiOp.STORE_DATA_IMM: {
+          if (length !== 4 && length !== 5) return this.fail(EngineError.BAD_COMMAND, address);
+          const target = c[1]! + c[2]! * 0x100000000;
+          if (target % 4 !== 0) return this.fail(EngineError.BAD_COMMAND, address);
+          this.memory.write32(target, c[3]!);
+          if (length === 5) this.memory.write32(target + 4, c[4]!);
+          return true;
+        }
+        case MiOp.LOAD_REGISTER_IMM: {
+          if (length % 2 === 0) return this.fail(EngineError.BAD_COMMAND, address);
+          for (let i = 1; i < length; i += 2) {
+            const reg = c[i]!;
+            const n = (reg - Reg.GPR0) / 4;
+            if (!Number.isInteger(n) || n < 0 || n >= GPR_COUNT)
+              return this.fail(EngineError.BAD_REGISTER, address);
+            this.gpr[n] = c[i + 1]!;
+          }
+          return true;
+        }
+        case MiOp.FLUSH_DW: {
+          if (length !== 4 && length !== 5) return this.fail(EngineError.BAD_COMMAND, address);
+          if (dw0 & FLUSH_POST_SYNC_WRITE) {
+            const target = (c[1]! & ~7) + c[2]! * 0x100000000;
+            this.memory.write32(target, c[3]!);
+            if (length === 5) this.memory.write32(target + 4, c[4]!);
+          }
+          if (dw0 & FLUSH_NOTIFY) this.interrupts.raise(Irq.FLUSH);
+          return true;
+        }
+        case MiOp.BATCH_BUFFER_START: {
+          if (length !== 3) return this.fail(EngineError.BAD_COMMAND, address);
+          const target = c[1]! + c[2]! * 0x100000000;
+          if (target % 4 !== 0) return this.fail(EngineError.BAD_COMMAND, address);
+          const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
+          if (this.level === 0) {
+            this.level = 1; // from the ring: a first-level batch, returns to the ring
+          } else if (nested) {
+            if (this.level === 2) return this.fail(EngineError.BATCH_NESTING, address);
+            this.returnPc = this.batchPc;
+            this.level = 2;
+          } // otherwise a chain: jump, same level
+          this.batchPc = target;
+          this.stats.batches++;
+          return true;
+        }
+      }
+      return this.fail(EngineError.UNKNOWN_COMMAND, address);
+    }
+    if (client(dw0) === CLIENT_2D) {
+      const op = bltOpcode(dw0);
+      if (op === BltOp.XY_COLOR_BLT && length === 7) return this.colorBlt(address);
+      if (op === BltOp.XY_SRC_COPY_BLT && length === 10) return this.srcCopyBlt(address);
+      return this.fail(EngineError.BAD_COMMAND, address);
+    }
+    return this.fail(EngineError.UNKNOWN_COMMAND, address);
+  }
+
+  private colorBlt(address: number): boolean {
+    const c = this.cmd;
+    if ((c[1]! & (3 << 24)) !== BLT_DEPTH_32 || ((c[1]! >>> 16) & 0xff) !== ROP_PATCOPY)
+      return this.fail(EngineError.BAD_COMMAND, address);
+    const pitch = c[1]! & 0xffff;
+    if (pitch === 0 || pitch % 4 !== 0) return this.fail(EngineError.BAD_COMMAND, address);
+    // Coordinates are signed 16-bit; x2/y2 exclusive; clipped to the surface.
+    const x1 = Math.max(0, s16(c[2]!)),
+      y1 = Math.max(0, s16(c[2]! >>> 16));
+    const x2 = Math.min(pitch / 4, s16(c[3]!)),
+      y2 = s16(c[3]! >>> 16);
+    if (x2 <= x1 || y2 <= y1) return true;
+    const base = c[4]! + c[5]! * 0x100000000;
+    const color = c[6]!;
+    const width = x2 - x1;
+    this.stats.blits++;
+    this.stats.pixels += width * (y2 - y1);
+    if (width * 4 === pitch) {
+      // Whole lines: one linear fill.
+      this.memory.fill32(base + y1 * pitch, width * (y2 - y1), color);
+      return true;
+    }
+    for (let y = y1; y < y2; y++) this.memory.fill32(base + y * pitch + x1 * 4, width, color);
+    return true;
+  }
+
+  private srcCopyBlt(address: number): boolean {
+    const c = this.cmd;
+    if ((c[1]! & (3 << 24)) !== BLT_DEPTH_32 || ((c[1]! >>> 16) & 0xff) !== ROP_SRCCOPY)
+      return this.fail(EngineError.BAD_COMMAND, address);
+    const dstPitch = c[1]! & 0xffff;
+    const srcPitch = c[7]! & 0xffff;
+    if (dstPitch === 0 || dstPitch % 4 || srcPitch === 0 || srcPitch % 4)
+      return this.fail(EngineError.BAD_COMMAND, address);
+    let dx1 = s16(c[2]!),
+      dy1 = s16(c[2]! >>> 16);
+    let dx2 = s16(c[3]!);
+    const dy2 = s16(c[3]! >>> 16);
+    let sx = s16(c[6]!),
+      sy = s16(c[6]! >>> 16);
+    // Clip against both surfaces' left/top edges and widths, moving the other side along.
+    if (dx1 < 0) {
+      sx -= dx1;
+      dx1 = 0;
+    }
+    if (dy1 < 0) {
+      sy -= dy1;
+      dy1 = 0;
+    }
+    if (sx < 0) {
+      dx1 -= sx;
+      sx = 0;
+    }
+    if (sy < 0) {
+      dy1 -= sy;
+      sy = 0;
+    }
+    dx2 = Math.min(dx2, dstPitch / 4, dx1 + (srcPitch / 4 - sx));
+    const width = dx2 - dx1;
+    const height = dy2 - dy1;
+    if (width <= 0 || height <= 0) return true;
+    const dst = c[4]! + c[5]! * 0x100000000;
+    const src = c[8]! + c[9]! * 0x100000000;
+    this.stats.blits++;
+    this.stats.pixels += width * height;
+    const rowBytes = width * 4;
+    const dstRow0 = dst + dy1 * dstPitch + dx1 * 4;
+    const srcRow0 = src + sy * srcPitch + sx * 4;
+    if (dstPitch === srcPitch && rowBytes === dstPitch) {
+      // Whole lines on both sides: one linear, overlap-safe move.
+      this.memory.copy(dstRow0, srcRow0, rowBytes * height);
+      return true;
+    }
+    // Overlap-safe row order: bottom-up when the destination lies after the source.
+    const backwards = dstRow0 > srcRow0;
+    for (let i = 0; i < height; i++) {
+      const row = backwards ? height - 1 - i : i;
+      this.memory.copy(dstRow0 + row * dstPitch, srcRow0 + row * srcPitch, rowBytes);
+    }
+    return true;
+  }
+}
+
+function s16(v: number): number {
+  return (v << 16) >> 16;
+}

@@ -1,0 +1,221 @@
+/**
+ * Graphics memory: the parent's local memory (one memfd, so slices of it can be
+ * handed to VMMs to mmap) and the GTT that maps graphics addresses (GMA) to
+ * local-memory pages or to system-memory (DMA) pages that the owner supplies.
+ * The engine reaches memory only through `GraphicsMemory`, which translates in
+ * contiguous runs so fills and copies stay on TypedArray fill/copyWithin.
+ */
+import { Mapping, closeFd, createMemfd } from "../sys/index.js";
+
+export const PAGE_SIZE = 4096;
+const PAGE_SHIFT = 12;
+
+/** GTT entry bits: valid, target is system memory (else local), page address in bits 12..63. */
+export const GTT_VALID = 1;
+export const GTT_SYSTEM = 2;
+
+export function gttEntry(kind: "local" | "system", address: number | bigint): bigint {
+  return (BigInt(address) & ~0xfffn) | BigInt(GTT_VALID) | (kind === "system" ? BigInt(GTT_SYSTEM) : 0n);
+}
+
+export class LocalMemory {
+  readonly fd: number;
+  readonly mapping: Mapping;
+  readonly bytes: Uint8Array;
+  readonly words: Uint32Array;
+
+  constructor(readonly size: number) {
+    if (size % PAGE_SIZE !== 0 || size <= 0)
+      throw new Error("local memory size must be a positive multiple of 4 KiB");
+    this.fd = createMemfd("mgpu-local-memory", size);
+    this.mapping = Mapping.ofFd(this.fd, size);
+    this.bytes = this.mapping.bytes;
+    this.words = new Uint32Array(this.mapping.buffer);
+  }
+
+  close(): void {
+    this.mapping.unmap();
+    closeFd(this.fd);
+  }
+}
+
+/** System memory (a VM's or the host's) as the GTT's owner exposes it: one 4 KiB page at a time. */
+export interface SystemMemory {
+  /** The page at a page-aligned DMA address, or undefined if nothing is there. */
+  page(address: bigint): Uint8Array | undefined;
+}
+
+/** A graphics address that has no valid translation. */
+export class GttFault extends Error {
+  constructor(readonly gma: number) {
+    super(`GTT fault at 0x${gma.toString(16)}`);
+    this.name = "GttFault";
+  }
+}
+
+export class Gtt {
+  /** Entries as two 32-bit halves (no BigInt on the translation path). */
+  readonly lo: Uint32Array;
+  readonly hi: Uint32Array;
+
+  constructor(readonly entries: number) {
+    this.lo = new Uint32Array(entries);
+    this.hi = new Uint32Array(entries);
+  }
+
+  /** Bytes of graphics address space the GTT covers. */
+  get aperture(): number {
+    return this.entries * PAGE_SIZE;
+  }
+
+  write(index: number, entry: bigint): void {
+    if (index < 0 || index >= this.entries) throw new RangeError(`GTT index ${index}`);
+    this.lo[index] = Number(entry & 0xffffffffn);
+    this.hi[index] = Number((entry >> 32n) & 0xffffffffn);
+  }
+
+  read(index: number): bigint {
+    return (BigInt(this.hi[index]!) << 32n) | BigInt(this.lo[index]!);
+  }
+
+  clear(first = 0, count = this.entries - first): void {
+    this.lo.fill(0, first, first + count);
+    this.hi.fill(0, first, first + count);
+  }
+}
+
+/** Where a run of graphics memory lives: bytes[offset .. offset+length). */
+export interface Run {
+  bytes: Uint8Array;
+  offset: number;
+  length: number;
+  local: boolean;
+}
+
+export class GraphicsMemory {
+  private system: SystemMemory | undefined;
+  private readonly run: Run = { bytes: new Uint8Array(0), offset: 0, length: 0, local: true };
+  private readonly scratch = new Uint8Array(8);
+  private readonly scratchView = new DataView(this.scratch.buffer);
+
+  constructor(
+    readonly local: LocalMemory,
+    readonly gtt: Gtt,
+  ) {}
+
+  setSystemMemory(system: SystemMemory | undefined): void {
+    this.system = system;
+  }
+
+  /**
+   * Translates [gma, gma+length) as far as it stays contiguous in one backing
+   * store (several local pages merge into one run). Throws GttFault.
+   */
+  resolve(gma: number, length: number): Run {
+    if (gma < 0 || gma >= this.gtt.aperture) throw new GttFault(gma);
+    const index = gma >>> PAGE_SHIFT;
+    const lo = this.gtt.lo[index]!;
+    if (!(lo & GTT_VALID)) throw new GttFault(gma);
+    const within = gma & (PAGE_SIZE - 1);
+    const run = this.run;
+    if (lo & GTT_SYSTEM) {
+      const address = (BigInt(this.gtt.hi[index]!) << 32n) | BigInt((lo & ~0xfff) >>> 0);
+      const page = this.system?.page(address);
+      if (!page) throw new GttFault(gma);
+      run.bytes = page;
+      run.offset = within;
+      run.length = Math.min(length, PAGE_SIZE - within);
+      run.local = false;
+      return run;
+    }
+    const base = this.gtt.hi[index]! * 0x100000000 + ((lo & ~0xfff) >>> 0);
+    if (base + PAGE_SIZE > this.local.size) throw new GttFault(gma);
+    // Merge following pages while they continue the same local range.
+    let span = PAGE_SIZE - within;
+    let next = index + 1;
+    let expect = base + PAGE_SIZE;
+    while (span < length && next < this.gtt.entries) {
+      const l = this.gtt.lo[next]!;
+      if ((l & (GTT_VALID | GTT_SYSTEM)) !== GTT_VALID) break;
+      if (
+        this.gtt.hi[next]! * 0x100000000 + ((l & ~0xfff) >>> 0) !== expect ||
+        expect + PAGE_SIZE > this.local.size
+      )
+        break;
+      span += PAGE_SIZE;
+      expect += PAGE_SIZE;
+      next++;
+    }
+    run.bytes = this.local.bytes;
+    run.offset = base + within;
+    run.length = Math.min(length, span);
+    run.local = true;
+    return run;
+  }
+
+  read32(gma: number): number {
+    const r = this.resolve(gma, 4);
+    if (r.length < 4) return this.readSlow(gma, 4);
+    const b = r.bytes;
+    const o = r.offset;
+    return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+  }
+
+  write32(gma: number, value: number): void {
+    this.scratchView.setUint32(0, value >>> 0, true);
+    this.writeBytes(gma, this.scratch.subarray(0, 4));
+  }
+
+  writeBytes(gma: number, data: Uint8Array): void {
+    for (let done = 0; done < data.length;) {
+      const r = this.resolve(gma + done, data.length - done);
+      r.bytes.set(data.subarray(done, done + r.length), r.offset);
+      done += r.length;
+    }
+  }
+
+  readBytes(gma: number, out: Uint8Array): void {
+    for (let done = 0; done < out.length;) {
+      const r = this.resolve(gma + done, out.length - done);
+      out.set(r.bytes.subarray(r.offset, r.offset + r.length), done);
+      done += r.length;
+    }
+  }
+
+  /** Fills `count` dwords at a dword-aligned gma with `value`. */
+  fill32(gma: number, count: number, value: number): void {
+    const bytes = count * 4;
+    for (let done = 0; done < bytes;) {
+      const r = this.resolve(gma + done, bytes - done);
+      if (r.local && (r.offset & 3) === 0) {
+        this.local.words.fill(value, r.offset >>> 2, (r.offset + r.length) >>> 2);
+      } else {
+        const v = new DataView(r.bytes.buffer, r.bytes.byteOffset + r.offset, r.length);
+        for (let i = 0; i < r.length; i += 4) v.setUint32(i, value, true);
+      }
+      done += r.length;
+    }
+  }
+
+  /** Copies `length` bytes with memmove semantics (overlap-safe when ranges overlap). */
+  copy(dst: number, src: number, length: number): void {
+    const s = this.resolve(src, length);
+    const sOffset = s.offset;
+    const sLength = s.length;
+    const sLocal = s.local;
+    const d = this.resolve(dst, length);
+    if (sLocal && d.local && sLength === length && d.length === length) {
+      this.local.bytes.copyWithin(d.offset, sOffset, sOffset + length);
+      return;
+    }
+    // Scattered or system memory: stage through a buffer, which is overlap-safe.
+    const staged = new Uint8Array(length);
+    this.readBytes(src, staged);
+    this.writeBytes(dst, staged);
+  }
+
+  private readSlow(gma: number, n: number): number {
+    this.readBytes(gma, this.scratch.subarray(0, n));
+    return this.scratchView.getUint32(0, true);
+  }
+}

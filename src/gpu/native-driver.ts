@@ -1,0 +1,131 @@
+/**
+ * The host's own driver for the parent GPU: programs the GTT, the ring, batch
+ * buffers and the display directly, with no mediation. It is the baseline that
+ * every mediated figure is compared with.
+ */
+import { MI_BATCH_BUFFER_END, miBatchBufferStart } from "./commands.js";
+import { PAGE_SIZE, gttEntry } from "./memory.js";
+import type { ParentGpu } from "./parent-gpu.js";
+import { Dispi, DispiEnable, EngineError, Reg, RingCtl } from "./registers.js";
+import { type Surface, type Workload, encodeOps } from "./workloads.js";
+
+export class EngineFault extends Error {
+  constructor(
+    readonly error: number,
+    readonly address: number,
+  ) {
+    super(`engine stopped: error ${error} at 0x${address.toString(16)}`);
+    this.name = "EngineFault";
+  }
+}
+
+export interface NativeDriverOptions {
+  /** Local memory (and graphics address space) the driver owns: [base, base + size). */
+  readonly base?: number;
+  readonly size?: number;
+  readonly ringBytes?: number;
+}
+
+export class NativeDriver {
+  private next: number;
+  private readonly end: number;
+  readonly ringGma: number;
+  readonly ringBytes: number;
+  private tail = 0;
+  private readonly batchGma: number;
+  private readonly batchBytes = 256 << 10;
+
+  constructor(
+    readonly gpu: ParentGpu,
+    options: NativeDriverOptions = {},
+  ) {
+    const base = options.base ?? 0;
+    const size = options.size ?? Math.min(gpu.localMemory.size, gpu.gtt.aperture) - base;
+    this.next = base;
+    this.end = base + size;
+    // GMA == local-memory offset for the driver's own range (an identity GTT).
+    for (let page = base / PAGE_SIZE; page < this.end / PAGE_SIZE; page++)
+      gpu.gtt.write(page, gttEntry("local", page * PAGE_SIZE));
+    this.ringBytes = options.ringBytes ?? 64 << 10;
+    this.ringGma = this.alloc(this.ringBytes);
+    this.batchGma = this.alloc(this.batchBytes);
+    gpu.mmioWrite(Reg.RING_CTL, 0);
+    gpu.mmioWrite(Reg.RING_START, this.ringGma);
+    gpu.mmioWrite(Reg.RING_CTL, RingCtl.encode(this.ringBytes / PAGE_SIZE));
+    gpu.mmioWrite(Reg.RING_HEAD, 0);
+  }
+
+  /** Page-aligned graphics memory from the driver's range. */
+  alloc(bytes: number): number {
+    const gma = this.next;
+    const size = Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+    if (gma + size > this.end) throw new Error("out of graphics memory");
+    this.next += size;
+    return gma;
+  }
+
+  allocSurface(width: number, height: number): Surface {
+    const pitch = width * 4;
+    return { gma: this.alloc(pitch * height), width, height, pitch };
+  }
+
+  /** Writes commands into the ring and moves the tail; the engine runs them. */
+  submit(dwords: readonly number[]): void {
+    const bytes = dwords.length * 4;
+    if (bytes >= this.ringBytes) throw new Error("command stream larger than the ring: use submitBatch");
+    const ring = this.gpu.localMemory.words;
+    const start = this.ringGma / 4;
+    let t = this.tail / 4;
+    const n = this.ringBytes / 4;
+    for (const d of dwords) {
+      ring[start + t] = d;
+      t = (t + 1) % n;
+    }
+    this.tail = t * 4;
+    this.gpu.mmioWrite(Reg.RING_TAIL, this.tail);
+    this.check();
+  }
+
+  /** Puts commands in a batch buffer and starts it from the ring. */
+  submitBatch(dwords: readonly number[]): void {
+    if ((dwords.length + 1) * 4 > this.batchBytes) {
+      // Split long streams at command boundaries is the caller's job; keep it simple here.
+      throw new Error("batch too large");
+    }
+    const words = this.gpu.localMemory.words;
+    words.set(dwords, this.batchGma / 4);
+    words[this.batchGma / 4 + dwords.length] = MI_BATCH_BUFFER_END;
+    this.submit(miBatchBufferStart(this.batchGma));
+  }
+
+  /** Throws if the engine stopped on an error. */
+  check(): void {
+    const error = this.gpu.mmioRead(Reg.ENGINE_ERROR);
+    if (error !== EngineError.NONE) throw new EngineFault(error, this.gpu.mmioRead(Reg.ENGINE_ERROR_ADDR));
+  }
+
+  /** Allocates a workload's surfaces and runs its setup; returns the surfaces. */
+  prepare(w: Workload): Record<string, Surface> {
+    const surfaces: Record<string, Surface> = {};
+    for (const [name, s] of Object.entries(w.surfaces)) surfaces[name] = this.allocSurface(s.width, s.height);
+    if (w.setup.length > 0) this.submitBatch(encodeOps(w.setup, surfaces));
+    return surfaces;
+  }
+
+  /** Runs a prepared workload's measured operations. */
+  run(w: Workload, surfaces: Record<string, Surface>): void {
+    this.submitBatch(encodeOps(w.ops, surfaces));
+  }
+
+  /** Mode set: a 32 bpp framebuffer at a surface, through the DISPI registers. */
+  modeSet(surface: Surface): void {
+    const g = this.gpu;
+    const dispi = (index: number, value: number) => g.mmioWrite(Reg.DISPI + index * 2, value, 2);
+    dispi(Dispi.ENABLE, 0);
+    dispi(Dispi.XRES, surface.width);
+    dispi(Dispi.YRES, surface.height);
+    dispi(Dispi.BPP, 32);
+    dispi(Dispi.ENABLE, DispiEnable.ENABLED | DispiEnable.LFB);
+    g.mmioWrite(Reg.DISPLAY_BASE, surface.gma);
+  }
+}
