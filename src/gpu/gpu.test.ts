@@ -299,6 +299,10 @@ test("display: DISPI identity and caps, and a desktop frame's PNG matches the re
   gpu.mmioWrite(Reg.DISPI + Dispi.ENABLE * 2, 0x02, 2);
   assert.equal(dispi(Dispi.XRES), 2560, "GETCAPS reports the maximum");
   assert.equal(gpu.mmioRead(Reg.QEXT_BYTEORDER), 0x1e1e1e1e);
+  gpu.interrupts.imr = 0;
+  gpu.vblank();
+  assert.equal(gpu.mmioRead(Reg.VBLANK_COUNT), 1);
+  assert.equal(gpu.mmioRead(Reg.IIR) & Irq.VBLANK, Irq.VBLANK, "vblank raises its interrupt");
   const w = desktopFrame(3);
   const surfaces = drv.prepare(w);
   drv.run(w, surfaces);
