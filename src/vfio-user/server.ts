@@ -95,6 +95,16 @@ export class ServerStats {
 
 type Handler = (s: Session, m: Message) => number;
 
+/** One device served on one listening socket (a server can hold several). */
+export class Endpoint {
+  readonly stats = new ServerStats();
+  constructor(
+    readonly device: VfioDevice,
+    public listenFd: number,
+    public path: string | undefined,
+  ) {}
+}
+
 /** One client connection and its negotiated state. */
 class Session implements DeviceSession {
   negotiated = false;
@@ -109,10 +119,14 @@ class Session implements DeviceSession {
   attached = false;
 
   constructor(
-    readonly server: Server,
+    readonly endpoint: Endpoint,
     readonly conn: Connection,
     readonly log: RateLimitedLog,
   ) {}
+
+  get device(): VfioDevice {
+    return this.endpoint.device;
+  }
 
   dmaRead(address: bigint, out: Uint8Array): void {
     this.dmaTransfer(Command.DMA_READ, address, out);
@@ -173,12 +187,13 @@ class Session implements DeviceSession {
 }
 
 export class Server {
-  readonly stats = new ServerStats();
   private readonly wake = new EventFd(undefined, { nonBlocking: true });
   private readonly poller = new Poller(8);
   private readonly sessions: Session[] = [];
-  private listenFd = -1;
-  private socketPath: string | undefined;
+  private readonly endpoints: Endpoint[] = [];
+  private readonly primary: Endpoint;
+  /** What each poll slot after the wake fd stands for. */
+  private slots: (Endpoint | Session)[] = [];
   private pollDirty = true;
   private stopping = false;
   private readonly log: Logger;
@@ -197,7 +212,32 @@ export class Server {
     // The largest message: a data transfer plus its fixed fields, with room for
     // small fixed-size messages of every kind.
     this.maxMessageSize = HEADER_SIZE + 64 + Math.max(this.maxDataXferSize, 64 * 1024);
+    this.primary = new Endpoint(device, -1, undefined);
     this.installHandlers();
+  }
+
+  /** Counters of the device given to the constructor. */
+  get stats(): ServerStats {
+    return this.primary.stats;
+  }
+
+  /** Serves another device on its own socket path, from the same loop. */
+  addDevice(device: VfioDevice, path: string): Endpoint {
+    rmSync(path, { force: true });
+    const e = new Endpoint(device, listenUnix(path), path);
+    this.endpoints.push(e);
+    this.pollDirty = true;
+    return e;
+  }
+
+  /** Stops serving a device added with addDevice: its clients are disconnected. */
+  removeDevice(endpoint: Endpoint): void {
+    for (const s of this.sessions.filter((x) => x.endpoint === endpoint))
+      this.closeSession(s, "device removed");
+    const i = this.endpoints.indexOf(endpoint);
+    if (i >= 0) this.endpoints.splice(i, 1);
+    this.closeEndpoint(endpoint);
+    this.pollDirty = true;
   }
 
   /** An eventfd that, once signalled, makes `run()` check `stop()` (usable from any thread). */
@@ -209,25 +249,29 @@ export class Server {
     return this.sessions.length;
   }
 
-  /** Listens on a path (a stale socket file there is replaced). */
+  /** Listens on a path for the constructor's device (a stale socket file there is replaced). */
   listen(path: string): this {
     rmSync(path, { force: true });
-    this.listenFd = listenUnix(path);
-    this.socketPath = path;
-    this.pollDirty = true;
-    return this;
+    return this.servePrimary(listenUnix(path), path);
   }
 
   /** Serves an already-listening socket (`--fd=N` in the backend conventions). */
   listenOn(fd: number): this {
-    this.listenFd = fd;
+    return this.servePrimary(fd, undefined);
+  }
+
+  private servePrimary(fd: number, path: string | undefined): this {
+    this.closeEndpoint(this.primary);
+    this.primary.listenFd = fd;
+    this.primary.path = path;
+    if (!this.endpoints.includes(this.primary)) this.endpoints.unshift(this.primary);
     this.pollDirty = true;
     return this;
   }
 
-  /** Serves one already-connected socket (e.g. a socketpair end). */
+  /** Serves one already-connected socket (e.g. a socketpair end) for the constructor's device. */
   adopt(fd: number): void {
-    this.addSession(fd);
+    this.addSession(fd, this.primary);
   }
 
   /** Runs until stop(). */
@@ -240,18 +284,17 @@ export class Server {
   runOnce(timeoutMs: number): void {
     if (this.pollDirty) this.rebuildPollSet();
     if (this.poller.wait(timeoutMs) === 0) return;
-    const count = this.poller.count;
-    for (let i = 0; i < count; i++) {
+    const slots = this.slots;
+    for (let i = 0; i < slots.length + 1; i++) {
       const revents = this.poller.revents(i);
       if (revents === 0) continue;
       if (i === 0) {
         this.wake.read();
-      } else if (i === 1 && this.listenFd >= 0) {
-        this.acceptAll();
-      } else {
-        const session = this.sessions[i - (this.listenFd >= 0 ? 2 : 1)];
-        if (session) this.serviceSession(session, revents);
+        continue;
       }
+      const slot = slots[i - 1]!;
+      if (slot instanceof Endpoint) this.acceptAll(slot);
+      else if (this.sessions.includes(slot)) this.serviceSession(slot, revents);
     }
   }
 
@@ -264,42 +307,45 @@ export class Server {
   /** Closes every connection and the listening socket. */
   shutdown(): void {
     for (const s of this.sessions.slice()) this.closeSession(s, "server shutting down");
-    if (this.listenFd >= 0) {
-      closeFd(this.listenFd);
-      this.listenFd = -1;
-      if (this.socketPath) rmSync(this.socketPath, { force: true });
-    }
+    for (const e of this.endpoints) this.closeEndpoint(e);
+    this.endpoints.length = 0;
     this.poller.close();
     this.wake.close();
   }
 
+  private closeEndpoint(e: Endpoint): void {
+    if (e.listenFd < 0) return;
+    closeFd(e.listenFd);
+    e.listenFd = -1;
+    if (e.path) rmSync(e.path, { force: true });
+  }
+
   private rebuildPollSet(): void {
-    const fds = [this.wake.fd];
-    if (this.listenFd >= 0) fds.push(this.listenFd);
-    for (const s of this.sessions) fds.push(s.conn.fd);
+    this.slots = [...this.endpoints.filter((e) => e.listenFd >= 0), ...this.sessions];
+    const fds = [this.wake.fd, ...this.slots.map((x) => (x instanceof Endpoint ? x.listenFd : x.conn.fd))];
     this.poller.setAll(fds, POLLIN);
     this.pollDirty = false;
   }
 
-  private acceptAll(): void {
+  private acceptAll(endpoint: Endpoint): void {
     for (;;) {
-      const fd = acceptUnix(this.listenFd);
+      const fd = acceptUnix(endpoint.listenFd);
       if (fd === null) return;
       if (this.sessions.length >= (this.options.maxConnections ?? 64)) {
         this.log.warn({ connections: this.sessions.length }, "too many clients; connection refused");
         closeFd(fd);
         continue;
       }
-      this.addSession(fd);
+      this.addSession(fd, endpoint);
     }
   }
 
-  private addSession(fd: number): void {
+  private addSession(fd: number, endpoint: Endpoint): void {
     const timeout = this.options.timeoutMs ?? 5000;
     setSendTimeout(fd, timeout);
     setReceiveTimeout(fd, timeout);
     const conn = new Connection(fd, { maxMessageSize: this.maxMessageSize, maxFds: this.maxMsgFds });
-    this.sessions.push(new Session(this, conn, new RateLimitedLog(this.log)));
+    this.sessions.push(new Session(endpoint, conn, new RateLimitedLog(this.log)));
     this.pollDirty = true;
     this.log.debug({ fd }, "client connected");
   }
@@ -313,7 +359,7 @@ export class Server {
     if (s.attached) {
       s.attached = false;
       try {
-        this.device.detach?.(s);
+        s.device.detach?.(s);
       } catch (e) {
         this.log.error({ err: e }, "device detach failed");
       }
@@ -337,7 +383,7 @@ export class Server {
         }
       }
     } catch (e) {
-      this.stats.connectionsClosedOnError++;
+      s.endpoint.stats.connectionsClosedOnError++;
       const reason = e instanceof ProtocolError ? `framing lost: ${e.message}` : `fatal: ${String(e)}`;
       this.log.warn({ err: e instanceof Error ? e.message : String(e) }, "closing connection");
       this.closeSession(s, reason);
@@ -355,7 +401,7 @@ export class Server {
         }
         throw invalid(`message type ${m.flags & FLAG_TYPE_MASK}`);
       }
-      this.stats.commands[m.command & 31]!++;
+      s.endpoint.stats.commands[m.command & 31]!++;
       if (m.oversized) throw new VfioUserError(Errno.E2BIG, `message of ${m.size} bytes`);
       if (!s.negotiated && m.command !== Command.VERSION)
         throw invalid(`${commandName(m.command)} before VERSION`);
@@ -372,7 +418,7 @@ export class Server {
         if (e instanceof SysError && !isDeviceError(e)) throw e;
       }
       const errno = e instanceof VfioUserError ? e.errno : e instanceof SysError ? e.errno : Errno.EIO;
-      this.stats.errorReplies++;
+      s.endpoint.stats.errorReplies++;
       s.log.warn(
         { id: m.id, command: commandName(m.command), errno, err: e instanceof Error ? e.message : String(e) },
         "command failed",
@@ -387,14 +433,13 @@ export class Server {
 
   private installHandlers(): void {
     const h = this.handlers;
-    const device = this.device;
     h[Command.VERSION] = (s, m) => this.handleVersion(s, m);
-    h[Command.DMA_MAP] = (_s, m) => {
+    h[Command.DMA_MAP] = (s, m) => {
       const req = decodeDmaMap(m.reader());
       if (m.fds.length > 1) throw invalid("DMA_MAP carries at most one fd");
       const fd = m.fds.pop();
       try {
-        device.dmaMap(req, fd);
+        s.device.dmaMap(req, fd);
       } catch (e) {
         if (fd !== undefined) closeFd(fd);
         throw e;
@@ -404,7 +449,7 @@ export class Server {
     h[Command.DMA_UNMAP] = (s, m) => {
       noFds(m);
       const req = decodeDmaUnmap(m.reader());
-      const bitmap = device.dmaUnmap(req);
+      const bitmap = s.device.dmaUnmap(req);
       const w = s.conn.payloadWriter();
       encodeDmaUnmap(w, req);
       if (req.flags & DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) {
@@ -421,13 +466,13 @@ export class Server {
       if (argsz < DEVICE_INFO_SIZE || m.payloadLength !== DEVICE_INFO_SIZE)
         throw invalid(`GET_INFO argsz ${argsz}`);
       const w = s.conn.payloadWriter();
-      encodeDeviceInfo(w, DEVICE_INFO_SIZE, device.deviceInfo());
+      encodeDeviceInfo(w, DEVICE_INFO_SIZE, s.device.deviceInfo());
       return w.length;
     };
     h[Command.DEVICE_GET_REGION_INFO] = (s, m) => {
       noFds(m);
       const { argsz, index } = decodeRegionInfoRequest(m.reader());
-      const info = device.regionInfo(index);
+      const info = s.device.regionInfo(index);
       const w = s.conn.payloadWriter();
       encodeRegionInfo(w, argsz, info);
       // The fd goes with a reply that is complete (caps included), as QEMU expects.
@@ -438,8 +483,8 @@ export class Server {
     h[Command.DEVICE_GET_REGION_IO_FDS] = (s, m) => {
       noFds(m);
       const { argsz, index } = decodeIoFdsRequest(m.reader());
-      if (!device.regionIoFds) throw invalid("device offers no I/O fds");
-      const { subRegions, fds } = device.regionIoFds(index);
+      if (!s.device.regionIoFds) throw invalid("device offers no I/O fds");
+      const { subRegions, fds } = s.device.regionIoFds(index);
       if (fds.length > s.peer.maxMsgFds)
         throw new VfioUserError(Errno.E2BIG, "more I/O fds than the client takes");
       const w = s.conn.payloadWriter();
@@ -452,14 +497,14 @@ export class Server {
       const { index } = decodeIrqInfoRequest(m.reader());
       if (m.payloadLength !== 16) throw invalid("GET_IRQ_INFO payload size");
       const w = s.conn.payloadWriter();
-      encodeIrqInfo(w, device.irqInfo(index));
+      encodeIrqInfo(w, s.device.irqInfo(index));
       return w.length;
     };
-    h[Command.DEVICE_SET_IRQS] = (_s, m) => {
+    h[Command.DEVICE_SET_IRQS] = (s, m) => {
       const req = decodeSetIrqs(m.reader(), m.fds.length);
       const fds = m.fds.splice(0);
       try {
-        device.setIrqs(req, fds);
+        s.device.setIrqs(req, fds);
       } catch (e) {
         for (const fd of fds) closeFd(fd);
         throw e;
@@ -475,10 +520,10 @@ export class Server {
       const region = v.getUint32(p + 8, true);
       const count = v.getUint32(p + 12, true);
       if (count === 0 || count > this.maxDataXferSize) throw invalid(`REGION_READ count ${count}`);
-      this.stats.regionReads[region & 15]!++;
+      s.endpoint.stats.regionReads[region & 15]!++;
       const out = s.conn.channel.sendBuffer;
       const at = HEADER_SIZE + REGION_ACCESS_SIZE;
-      device.regionRead(region, offset, count, out, at);
+      s.device.regionRead(region, offset, count, out, at);
       const sv = s.conn.sendView;
       sv.setUint32(HEADER_SIZE, offset % 0x100000000, true);
       sv.setUint32(HEADER_SIZE + 4, Math.floor(offset / 0x100000000), true);
@@ -496,9 +541,9 @@ export class Server {
       const count = v.getUint32(p + 12, true);
       if (count === 0 || count > this.maxDataXferSize || count !== m.payloadLength - REGION_ACCESS_SIZE)
         throw invalid(`REGION_WRITE count ${count}`);
-      this.stats.regionWrites[region & 15]!++;
+      s.endpoint.stats.regionWrites[region & 15]!++;
       const data = s.conn.channel.recvBuffer;
-      device.regionWrite(region, offset, count, data, p + REGION_ACCESS_SIZE);
+      s.device.regionWrite(region, offset, count, data, p + REGION_ACCESS_SIZE);
       // Reply: the request's offset/region/count, copied as they came.
       s.conn.sendPayload.set(data.subarray(p, p + REGION_ACCESS_SIZE));
       return REGION_ACCESS_SIZE;
@@ -511,24 +556,24 @@ export class Server {
       const buf = s.conn.channel.recvBuffer;
       for (let i = 0; i < writes.length; i++) {
         const wr = writes[i]!;
-        this.stats.regionWrites[wr.region & 15]!++;
-        device.regionWrite(wr.region, wr.offset, wr.count, buf, m.payloadOffset + 8 + i * 24 + 16);
+        s.endpoint.stats.regionWrites[wr.region & 15]!++;
+        s.device.regionWrite(wr.region, wr.offset, wr.count, buf, m.payloadOffset + 8 + i * 24 + 16);
       }
       const w = s.conn.payloadWriter();
       w.u64(writes.length);
       return w.length;
     };
-    h[Command.DEVICE_RESET] = (_s, m) => {
+    h[Command.DEVICE_RESET] = (s, m) => {
       noFds(m);
       if (m.payloadLength !== 0) throw invalid("DEVICE_RESET has no payload");
-      device.reset();
+      s.device.reset();
       return 0;
     };
     h[Command.DEVICE_FEATURE] = (s, m) => {
       noFds(m);
       const req = decodeFeature(m.reader());
-      if (!device.feature) throw new VfioUserError(Errno.ENOTTY, "device has no features");
-      const result = device.feature(req.flags, req.data, req.argsz);
+      if (!s.device.feature) throw new VfioUserError(Errno.ENOTTY, "device has no features");
+      const result = s.device.feature(req.flags, req.data, req.argsz);
       const w = s.conn.payloadWriter();
       const data = result.data ?? req.data;
       if (FEATURE_HEADER_SIZE + data.length > req.argsz)
@@ -546,22 +591,22 @@ export class Server {
       if (m.payloadLength !== MIG_DATA_HEADER_SIZE) throw invalid("MIG_DATA_READ payload size");
       if (size > this.maxDataXferSize || argsz < MIG_DATA_HEADER_SIZE + size)
         throw invalid(`MIG_DATA_READ size ${size}`);
-      if (!device.migrationRead) throw invalid("device does not migrate");
-      const data = device.migrationRead(size);
+      if (!s.device.migrationRead) throw invalid("device does not migrate");
+      const data = s.device.migrationRead(size);
       const w = s.conn.payloadWriter();
       w.u32(MIG_DATA_HEADER_SIZE + data.length)
         .u32(data.length)
         .bytes(data);
       return w.length;
     };
-    h[Command.MIG_DATA_WRITE] = (_s, m) => {
+    h[Command.MIG_DATA_WRITE] = (s, m) => {
       noFds(m);
       const r = m.reader();
       r.u32("argsz");
       const size = r.u32("size");
       if (size !== r.remaining || size > this.maxDataXferSize) throw invalid(`MIG_DATA_WRITE size ${size}`);
-      if (!device.migrationWrite) throw invalid("device does not migrate");
-      device.migrationWrite(r.bytes(size, "data"));
+      if (!s.device.migrationWrite) throw invalid("device does not migrate");
+      s.device.migrationWrite(r.bytes(size, "data"));
       return 0;
     };
     // DMA_READ / DMA_WRITE flow server → client; as commands from a client they are invalid.
@@ -602,7 +647,7 @@ export class Server {
     s.peer = peer;
     s.negotiated = true;
     s.attached = true;
-    this.device.attach?.(s);
+    s.device.attach?.(s);
     return w.length;
   }
 }
