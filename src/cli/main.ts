@@ -2,6 +2,7 @@
 /** `mgpu` — the command line. */
 import { Command } from "commander";
 import { formatProbe, probe } from "./probe.js";
+import { serve } from "./serve.js";
 
 const program = new Command();
 program
@@ -20,6 +21,25 @@ program
         ? JSON.stringify(result, (_k, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v), 2)
         : formatProbe(result),
     );
+  });
+
+program
+  .command("serve")
+  .description("serve vGPUs of a parent GPU on vfio-user sockets, for QEMU's vfio-user-pci")
+  .option(
+    "--vgpu <type[:uuid]>",
+    "a vGPU to create (repeat for more)",
+    (v: string, all: string[]) => [...all, v],
+    [],
+  )
+  .option("--socket-dir <dir>", "where the sockets go", "/tmp/mgpu")
+  .option("--control", "answer JSON-line commands (stats, screenshot, quit) on stdin/stdout")
+  .action((options: { vgpu: string[]; socketDir: string; control?: boolean }) => {
+    serve({
+      vgpus: options.vgpu.length ? options.vgpu : ["mgpu-2q"],
+      socketDir: options.socketDir,
+      control: options.control ?? false,
+    });
   });
 
 try {

@@ -25,6 +25,8 @@ export interface ParentGpu {
   readonly engine: RenderEngine;
   readonly display: DisplayEngine;
   readonly interrupts: InterruptController;
+  /** Run the engine as soon as the ring tail moves (off when a scheduler drives it). */
+  autoRun: boolean;
   /** 32-bit MMIO (DISPI registers answer 16-bit accesses too). */
   mmioRead(offset: number, size?: 2 | 4): number;
   mmioWrite(offset: number, value: number, size?: 2 | 4): void;

@@ -81,6 +81,14 @@ export interface ServerOptions {
   readonly timeoutMs?: number;
   /** Most clients connected at once; further ones are closed at once. */
   readonly maxConnections?: number;
+  /**
+   * Runs after every poll round on the serving thread (device work that is not
+   * a reply: a scheduler, timers). Returning true means more work is waiting,
+   * so the next poll does not sleep.
+   */
+  readonly afterRound?: () => boolean;
+  /** Longest sleep in poll when idle (ms); -1 for none (default 1000, for afterRound). */
+  readonly idleTimeoutMs?: number;
   readonly logger?: Logger;
 }
 
@@ -94,6 +102,11 @@ export class ServerStats {
 }
 
 type Handler = (s: Session, m: Message) => number;
+
+interface Watched {
+  readonly fd: number;
+  readonly onReadable: () => void;
+}
 
 /** One device served on one listening socket (a server can hold several). */
 export class Endpoint {
@@ -191,9 +204,10 @@ export class Server {
   private readonly poller = new Poller(8);
   private readonly sessions: Session[] = [];
   private readonly endpoints: Endpoint[] = [];
-  private readonly primary: Endpoint;
+  private readonly primary: Endpoint | undefined;
   /** What each poll slot after the wake fd stands for. */
-  private slots: (Endpoint | Session)[] = [];
+  private slots: (Endpoint | Session | Watched)[] = [];
+  private readonly watched: Watched[] = [];
   private pollDirty = true;
   private stopping = false;
   private readonly log: Logger;
@@ -203,7 +217,8 @@ export class Server {
   private readonly handlers: (Handler | undefined)[] = [];
 
   constructor(
-    readonly device: VfioDevice,
+    /** The device served by listen()/listenOn()/adopt(); devices can also come with addDevice(). */
+    readonly device: VfioDevice | undefined,
     private readonly options: ServerOptions = {},
   ) {
     this.log = options.logger ?? defaultLogger();
@@ -212,13 +227,18 @@ export class Server {
     // The largest message: a data transfer plus its fixed fields, with room for
     // small fixed-size messages of every kind.
     this.maxMessageSize = HEADER_SIZE + 64 + Math.max(this.maxDataXferSize, 64 * 1024);
-    this.primary = new Endpoint(device, -1, undefined);
+    this.primary = device ? new Endpoint(device, -1, undefined) : undefined;
     this.installHandlers();
   }
 
   /** Counters of the device given to the constructor. */
   get stats(): ServerStats {
-    return this.primary.stats;
+    return this.requirePrimary().stats;
+  }
+
+  private requirePrimary(): Endpoint {
+    if (!this.primary) throw new Error("this server was created without a device: use addDevice()");
+    return this.primary;
   }
 
   /** Serves another device on its own socket path, from the same loop. */
@@ -261,23 +281,40 @@ export class Server {
   }
 
   private servePrimary(fd: number, path: string | undefined): this {
-    this.closeEndpoint(this.primary);
-    this.primary.listenFd = fd;
-    this.primary.path = path;
-    if (!this.endpoints.includes(this.primary)) this.endpoints.unshift(this.primary);
+    const primary = this.requirePrimary();
+    this.closeEndpoint(primary);
+    primary.listenFd = fd;
+    primary.path = path;
+    if (!this.endpoints.includes(primary)) this.endpoints.unshift(primary);
     this.pollDirty = true;
     return this;
   }
 
   /** Serves one already-connected socket (e.g. a socketpair end) for the constructor's device. */
   adopt(fd: number): void {
-    this.addSession(fd, this.primary);
+    this.addSession(fd, this.requirePrimary());
   }
 
   /** Runs until stop(). */
   run(): void {
-    while (!this.stopping) this.runOnce(-1);
+    let busy = false;
+    while (!this.stopping) {
+      this.runOnce(busy ? 0 : (this.options.idleTimeoutMs ?? (this.options.afterRound ? 1000 : -1)));
+      busy = this.options.afterRound?.() ?? false;
+    }
     this.shutdown();
+  }
+
+  /** Also watches `fd` for input from the same loop (e.g. a control channel); `onReadable` runs on this thread. */
+  watch(fd: number, onReadable: () => void): void {
+    this.watched.push({ fd, onReadable });
+    this.pollDirty = true;
+  }
+
+  unwatch(fd: number): void {
+    const i = this.watched.findIndex((w) => w.fd === fd);
+    if (i >= 0) this.watched.splice(i, 1);
+    this.pollDirty = true;
   }
 
   /** One poll round: waits up to timeoutMs, then handles whatever is ready. */
@@ -294,7 +331,9 @@ export class Server {
       }
       const slot = slots[i - 1]!;
       if (slot instanceof Endpoint) this.acceptAll(slot);
-      else if (this.sessions.includes(slot)) this.serviceSession(slot, revents);
+      else if (slot instanceof Session) {
+        if (this.sessions.includes(slot)) this.serviceSession(slot, revents);
+      } else if (this.watched.includes(slot)) slot.onReadable();
     }
   }
 
@@ -321,8 +360,13 @@ export class Server {
   }
 
   private rebuildPollSet(): void {
-    this.slots = [...this.endpoints.filter((e) => e.listenFd >= 0), ...this.sessions];
-    const fds = [this.wake.fd, ...this.slots.map((x) => (x instanceof Endpoint ? x.listenFd : x.conn.fd))];
+    this.slots = [...this.endpoints.filter((e) => e.listenFd >= 0), ...this.sessions, ...this.watched];
+    const fds = [
+      this.wake.fd,
+      ...this.slots.map((x) =>
+        x instanceof Endpoint ? x.listenFd : x instanceof Session ? x.conn.fd : x.fd,
+      ),
+    ];
     this.poller.setAll(fds, POLLIN);
     this.pollDirty = false;
   }

@@ -1,0 +1,13 @@
+/**
+ * The mediated pass-through (MPT) interface: everything the mediator needs from
+ * the hypervisor, and nothing more — reach guest memory, inject an interrupt.
+ * Backends: vfio-user (a real VMM such as QEMU) and, later, the simulated VMs.
+ */
+export interface Mpt {
+  /** A direct view of one 4 KiB guest page (gpa page-aligned), or undefined if it cannot be mapped. */
+  mapGuestPage(gpa: bigint): Uint8Array | undefined;
+  readGuest(gpa: bigint, out: Uint8Array): void;
+  writeGuest(gpa: bigint, data: Uint8Array): void;
+  /** Raises the vGPU's interrupt (MSI vector, or INTx) in the guest. */
+  injectInterrupt(vector: number): void;
+}

@@ -1,0 +1,121 @@
+/**
+ * The mediator: one parent GPU partitioned into vGPUs by type. It owns the
+ * resource pools (local-memory slices, graphics-memory partitions), the
+ * scheduler, and the parent's view of system memory, which it resolves per
+ * vGPU through the hypervisor backend. A failed create leaves nothing allocated.
+ */
+import { randomUUID } from "node:crypto";
+import { PAGE_SIZE, type ParentGpu, SoftwareGpu } from "../gpu/index.js";
+import { VfioUserMpt } from "../hypervisor/vfio-user.js";
+import type { Mpt } from "../hypervisor/mpt.js";
+import { type Logger, defaultLogger } from "../vfio-user/log.js";
+import { RangePool } from "./pool.js";
+import { Scheduler, type SchedulerOptions } from "./scheduler.js";
+import { type VgpuType, defaultTypes } from "./types.js";
+import { Vgpu } from "./vgpu.js";
+
+export interface MediatorOptions {
+  readonly gpu?: ParentGpu;
+  readonly types?: readonly VgpuType[];
+  /** Local memory and graphics memory kept for the host (ring, shadow batches). */
+  readonly hostReserve?: number;
+  readonly scheduler?: SchedulerOptions;
+  readonly logger?: Logger;
+}
+
+export class MediatorError extends Error {
+  constructor(
+    readonly code: "ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT",
+    message: string,
+  ) {
+    super(message);
+    this.name = "MediatorError";
+  }
+}
+
+export class Mediator {
+  readonly gpu: ParentGpu;
+  readonly types: readonly VgpuType[];
+  readonly scheduler: Scheduler;
+  private readonly local: RangePool;
+  private readonly graphics: RangePool;
+  private readonly vgpus = new Map<string, Vgpu>();
+  private readonly byId = new Map<number, Vgpu>();
+  private nextId = 1;
+  private readonly logger: Logger;
+
+  constructor(options: MediatorOptions = {}) {
+    this.gpu = options.gpu ?? new SoftwareGpu();
+    this.types = options.types ?? defaultTypes;
+    this.logger = options.logger ?? defaultLogger();
+    const reserve = options.hostReserve ?? 32 << 20;
+    this.local = new RangePool(reserve, this.gpu.localMemory.size);
+    this.graphics = new RangePool(reserve, this.gpu.gtt.aperture);
+    this.scheduler = new Scheduler(this.gpu, { base: 0, size: reserve }, options.scheduler);
+    this.gpu.setSystemMemory({
+      page: (address) => {
+        // Shadowed system entries carry the owning vGPU's id above bit 48.
+        const v = this.byId.get(Number(address >> 48n));
+        return v?.mpt?.mapGuestPage(address & ((1n << 48n) - 1n));
+      },
+    });
+  }
+
+  type(name: string): VgpuType {
+    const t = this.types.find((x) => x.name === name);
+    if (!t)
+      throw new MediatorError(
+        "ENOTYPE",
+        `no vGPU type ${name}; types: ${this.types.map((x) => x.name).join(", ")}`,
+      );
+    return t;
+  }
+
+  /** How many more vGPUs of a type fit in what is free now. */
+  availableInstances(name: string): number {
+    const t = this.type(name);
+    return Math.min(
+      this.local.capacity(t.localMemory, t.localMemory),
+      this.graphics.capacity(t.graphicsMemory, PAGE_SIZE),
+    );
+  }
+
+  create(typeName: string, uuid: string = randomUUID(), mpt?: (v: Vgpu) => Mpt): Vgpu {
+    const t = this.type(typeName);
+    if (this.vgpus.has(uuid)) throw new MediatorError("EEXIST", `vGPU ${uuid} exists`);
+    // BAR0 must be naturally aligned in the fd so the VMM can map it as one piece.
+    const lm = this.local.alloc(t.localMemory, t.localMemory);
+    if (lm === undefined) throw new MediatorError("ENOSPC", `no local memory left for ${t.name}`);
+    const gm = this.graphics.alloc(t.graphicsMemory, PAGE_SIZE);
+    if (gm === undefined) {
+      this.local.free(lm);
+      throw new MediatorError("ENOSPC", `no graphics memory left for ${t.name}`);
+    }
+    const id = this.nextId++;
+    const v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger, () => {});
+    v.mpt = mpt ? mpt(v) : new VfioUserMpt(v.pci);
+    this.vgpus.set(uuid, v);
+    this.byId.set(id, v);
+    this.scheduler.add(v);
+    return v;
+  }
+
+  remove(uuid: string): void {
+    const v = this.vgpus.get(uuid);
+    if (!v) throw new MediatorError("ENOENT", `no vGPU ${uuid}`);
+    this.scheduler.remove(v);
+    v.destroy();
+    this.local.free(v.lmBase);
+    this.graphics.free(v.gm.base);
+    this.vgpus.delete(uuid);
+    this.byId.delete(v.id);
+  }
+
+  get(uuid: string): Vgpu | undefined {
+    return this.vgpus.get(uuid);
+  }
+
+  list(): Vgpu[] {
+    return [...this.vgpus.values()];
+  }
+}
