@@ -33,12 +33,14 @@ program
     [],
   )
   .option("--socket-dir <dir>", "where the sockets go", "/tmp/mgpu")
-  .option("--control", "answer JSON-line commands (stats, screenshot, quit) on stdin/stdout")
-  .action((options: { vgpu: string[]; socketDir: string; control?: boolean }) => {
+  .option("--control", "answer JSON-line commands (stats, screenshot, checksum, quit) on stdin/stdout")
+  .option("--watchdog-ms <ms>", "preempt a workload that runs longer than this", (v: string) => Number(v))
+  .action((options: { vgpu: string[]; socketDir: string; control?: boolean; watchdogMs?: number }) => {
     serve({
       vgpus: options.vgpu.length ? options.vgpu : ["mgpu-2q"],
       socketDir: options.socketDir,
       control: options.control ?? false,
+      ...(options.watchdogMs ? { watchdogMs: options.watchdogMs } : {}),
     });
   });
 

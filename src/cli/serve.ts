@@ -4,6 +4,7 @@
  * options that attach each. With --control, JSON-line commands on stdin
  * (stats, screenshot, quit) are answered on stdout from the same loop.
  */
+import { createHash } from "node:crypto";
 import { mkdirSync, readSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Mediator, type Vgpu } from "../mediator/index.js";
@@ -14,6 +15,8 @@ export interface ServeOptions {
   readonly vgpus: readonly string[];
   readonly socketDir: string;
   readonly control: boolean;
+  /** Watchdog: longest a workload may run (ms). */
+  readonly watchdogMs?: number;
 }
 
 export function qemuArgs(socket: string): string[] {
@@ -29,7 +32,10 @@ export function qemuArgs(socket: string): string[] {
 
 export function serve(options: ServeOptions): void {
   const logger = defaultLogger(process.env.MGPU_LOG_LEVEL ?? "warn");
-  const mediator = new Mediator({ logger });
+  const mediator = new Mediator({
+    logger,
+    ...(options.watchdogMs ? { scheduler: { timeBudgetMs: options.watchdogMs } } : {}),
+  });
   const dir = resolve(options.socketDir);
   mkdirSync(dir, { recursive: true });
   const server = new Server(undefined, {
@@ -105,6 +111,10 @@ export function serve(options: ServeOptions): void {
         const frame = entry.vgpu.scanout();
         writeFileSync(req.path, entry.vgpu.screenshotPng());
         return reply({ ok: true, width: frame.width, height: frame.height });
+      }
+      case "checksum": {
+        if (!entry) return reply({ error: "checksum needs a known uuid" });
+        return reply({ sha256: createHash("sha256").update(entry.vgpu.localMemory).digest("hex") });
       }
       case "quit":
         reply({ ok: true });

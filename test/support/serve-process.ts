@@ -21,13 +21,14 @@ export class ServeProcess {
     readonly vgpus: ServeVgpu[],
   ) {}
 
-  static async start(vgpus: string[], socketDir: string): Promise<ServeProcess> {
+  static async start(vgpus: string[], socketDir: string, extra: string[] = []): Promise<ServeProcess> {
     const args = [
       cli,
       "serve",
       "--control",
       "--socket-dir",
       socketDir,
+      ...extra,
       ...vgpus.flatMap((v) => ["--vgpu", v]),
     ];
     const child = spawn(process.execPath, args, { stdio: ["pipe", "pipe", "pipe"] });

@@ -1,0 +1,258 @@
+/**
+ * A driver for the vGPU written the way a guest kernel would write it: find the
+ * device through config space, place its BARs, read the paravirtual info block
+ * to learn its partition, program its GTT, set a mode through DISPI, submit
+ * command streams through a ring and batch buffers, and wait for interrupts.
+ * It documents the device for real-guest drivers, and runs in tests and in the
+ * simulated VMs over a PciBus.
+ */
+import {
+  Dispi,
+  DispiEnable,
+  GTT_VALID,
+  MI_BATCH_BUFFER_END,
+  MI_USER_INTERRUPT,
+  PAGE_SIZE,
+  RingCtl,
+  type Surface,
+  type Workload,
+  encodeOps,
+  miBatchBufferStart,
+} from "../gpu/index.js";
+import type { PciBus } from "./bus.js";
+
+// The vGPU's BAR2 layout and PV block, as a guest driver writes them down (see the mediator's VReg).
+const DISPI = 0x500;
+const PV = 0x800;
+const RING_START = 0x2000,
+  RING_HEAD = 0x2004,
+  RING_TAIL = 0x2008,
+  RING_CTL = 0x200c,
+  ENGINE_STATUS = 0x2010,
+  ENGINE_ERROR = 0x2014,
+  ENGINE_RESET = 0x201c;
+const IMR = 0x3004,
+  IIR = 0x3008,
+  IER = 0x300c;
+const PV_MAGIC = 0x5650474d;
+const IRQ_USER = 1,
+  IRQ_ERROR = 4,
+  IRQ_IDLE = 32;
+
+export class GuestDriverError extends Error {
+  constructor(
+    readonly code: "ENODEV" | "ENOSPC" | "EIO" | "ETIMEDOUT",
+    message: string,
+  ) {
+    super(message);
+    this.name = "GuestDriverError";
+  }
+}
+
+export interface Partition {
+  readonly lmSize: number;
+  readonly gmBase: number;
+  readonly gmSize: number;
+  readonly lmBase: number;
+  readonly gttOffset: number;
+  readonly maxWidth: number;
+  readonly maxHeight: number;
+}
+
+export class GuestDriver {
+  partition!: Partition;
+  private next = 0;
+  private ringGma = 0;
+  private readonly ringBytes = 64 << 10;
+  private tail = 0;
+  private batchGma = 0;
+  private readonly batchBytes = 4 << 20;
+  private fb: Uint8Array | undefined;
+  interrupts = 0;
+
+  constructor(private readonly bus: PciBus) {}
+
+  /** Probes and brings the device up. `barBase` is where this guest places BAR0/BAR2. */
+  init(barBase = 0xe0000000): void {
+    const b = this.bus;
+    const id = b.configRead(0, 4);
+    if (id !== 0x11111234) throw new GuestDriverError("ENODEV", `not a vGPU: ${id.toString(16)}`);
+    // Place the BARs (sizes come from the all-ones probe), then decode memory and master.
+    const size = (bar: number) => {
+      const at = 0x10 + bar * 4;
+      b.configWrite(at, 4, 0xffffffff);
+      const mask = b.configRead(at, 4) & ~0xf;
+      return (~mask + 1) >>> 0;
+    };
+    const bar0 = size(0);
+    const bar2 = size(2);
+    b.configWrite(0x10, 4, barBase);
+    b.configWrite(0x18, 4, barBase + bar0);
+    if (bar2 === 0) throw new GuestDriverError("ENODEV", "no MMIO BAR");
+    b.configWrite(0x04, 2, 0x0006);
+    if (b.mmioRead(2, PV, 4) !== PV_MAGIC) throw new GuestDriverError("ENODEV", "no paravirtual info block");
+    const pv = (o: number) => b.mmioRead(2, PV + o, 4);
+    this.partition = {
+      lmBase: pv(0x08) + pv(0x0c) * 0x100000000,
+      lmSize: pv(0x10),
+      gmBase: pv(0x14),
+      gmSize: pv(0x18),
+      gttOffset: pv(0x1c),
+      maxWidth: pv(0x24),
+      maxHeight: pv(0x28),
+    };
+    if (bar0 !== this.partition.lmSize)
+      throw new GuestDriverError("ENODEV", "BAR0 does not match the PV block");
+    this.fb = b.barMemory(0);
+    this.mapLocalMemory();
+    this.next = 0;
+    this.ringGma = this.alloc(this.ringBytes);
+    this.batchGma = this.alloc(this.batchBytes);
+    b.mmioWrite(2, RING_CTL, 4, 0);
+    b.mmioWrite(2, RING_START, 4, this.ringGma);
+    b.mmioWrite(2, RING_CTL, 4, RingCtl.encode(this.ringBytes / PAGE_SIZE));
+    this.tail = 0;
+    b.mmioWrite(2, IMR, 4, 0);
+    b.mmioWrite(2, IER, 4, IRQ_USER | IRQ_ERROR | IRQ_IDLE);
+  }
+
+  /** GTT: the partition's first lmSize bytes map our local memory one to one (GMA base+x ↔ BAR0 x). */
+  private mapLocalMemory(): void {
+    const p = this.partition;
+    for (let i = 0; i < Math.min(p.lmSize, p.gmSize) / PAGE_SIZE; i++)
+      this.writeGtt(i, p.lmBase + i * PAGE_SIZE, false);
+  }
+
+  writeGtt(index: number, address: number, system: boolean): void {
+    const lo = ((address & 0xfffff000) | GTT_VALID | (system ? 2 : 0)) >>> 0;
+    this.bus.mmioWrite(2, this.partition.gttOffset + index * 8 + 4, 4, Math.floor(address / 0x100000000));
+    this.bus.mmioWrite(2, this.partition.gttOffset + index * 8, 4, lo);
+  }
+
+  /** Graphics memory inside our mapped local memory; returns its GMA. Offset 0 is the scan-out surface's. */
+  alloc(bytes: number): number {
+    const size = Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+    if (this.next + size > Math.min(this.partition.lmSize, this.partition.gmSize))
+      throw new GuestDriverError("ENOSPC", "out of graphics memory");
+    const gma = this.partition.gmBase + this.next;
+    this.next += size;
+    return gma;
+  }
+
+  allocSurface(width: number, height: number): Surface {
+    return { gma: this.alloc(width * height * 4), width, height, pitch: width * 4 };
+  }
+
+  /** Writes bytes at a GMA of ours: straight into BAR0 when mapped, else through trapped writes. */
+  private writeMemory(gma: number, words: readonly number[]): void {
+    const offset = gma - this.partition.gmBase;
+    if (this.fb) {
+      const v = new Uint32Array(this.fb.buffer, this.fb.byteOffset + offset, words.length);
+      v.set(words);
+    } else for (let i = 0; i < words.length; i++) this.bus.mmioWrite(0, offset + i * 4, 4, words[i]!);
+  }
+
+  /** Puts dwords in the ring and moves the tail (the one trapped write of a submission). */
+  submit(dwords: readonly number[]): void {
+    if (dwords.length * 4 >= this.ringBytes)
+      throw new GuestDriverError("ENOSPC", "command stream larger than the ring");
+    const first = Math.min(dwords.length, (this.ringBytes - this.tail) / 4);
+    this.writeMemory(this.ringGma + this.tail, dwords.slice(0, first));
+    if (first < dwords.length) this.writeMemory(this.ringGma, dwords.slice(first));
+    this.tail = (this.tail + dwords.length * 4) % this.ringBytes;
+    this.bus.mmioWrite(2, RING_TAIL, 4, this.tail);
+  }
+
+  /** Runs a command stream from a batch buffer and waits for it to finish. */
+  execute(dwords: readonly number[], timeoutMs = 10_000): void {
+    if ((dwords.length + 1) * 4 > this.batchBytes) throw new GuestDriverError("ENOSPC", "batch too large");
+    this.writeMemory(this.batchGma, [...dwords, MI_BATCH_BUFFER_END]);
+    this.submit([...miBatchBufferStart(this.batchGma), MI_USER_INTERRUPT]);
+    this.wait(timeoutMs);
+  }
+
+  /** Waits until the engine is idle with our ring consumed; throws on a device error. */
+  wait(timeoutMs = 10_000): void {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = this.bus.mmioRead(2, ENGINE_STATUS, 4);
+      if (status & 2) {
+        const error = this.bus.mmioRead(2, ENGINE_ERROR, 4);
+        throw new GuestDriverError("EIO", `engine error 0x${error.toString(16)}`);
+      }
+      if (status & 1 && this.bus.mmioRead(2, RING_HEAD, 4) === this.tail) {
+        // Acknowledge the completion interrupt that came with it.
+        if (this.bus.waitInterrupt(0)) this.interrupts++;
+        this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+        break;
+      }
+      if (Date.now() > deadline) throw new GuestDriverError("ETIMEDOUT", "engine did not finish");
+      if (this.bus.waitInterrupt(Math.max(1, deadline - Date.now()))) {
+        this.interrupts++;
+        this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+      }
+    }
+  }
+
+  /** After an error: reset our (virtual) engine and start the ring over. */
+  recover(): void {
+    this.bus.mmioWrite(2, ENGINE_RESET, 4, 1);
+    this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+    this.tail = this.bus.mmioRead(2, RING_TAIL, 4);
+  }
+
+  /** Allocates a workload's surfaces (the output at the scan-out position) and runs its setup. */
+  prepare(w: Workload, scanout = false): Record<string, Surface> {
+    const surfaces: Record<string, Surface> = {};
+    for (const [name, s] of Object.entries(w.surfaces)) {
+      surfaces[name] =
+        scanout && name === w.output
+          ? this.scanoutSurface(s.width, s.height)
+          : this.allocSurface(s.width, s.height);
+    }
+    if (w.setup.length > 0) this.execute(encodeOps(w.setup, surfaces));
+    return surfaces;
+  }
+
+  run(w: Workload, surfaces: Record<string, Surface>, repeat = 1): void {
+    const once = encodeOps(w.ops, surfaces);
+    const all: number[] = [];
+    for (let i = 0; i < repeat; i++) all.push(...once);
+    this.execute(all);
+  }
+
+  /** The surface the display scans out: BAR0 offset 0 (as the Bochs framebuffer). */
+  private scanoutSurface(width: number, height: number): Surface {
+    // The ring and batch were allocated first; the frame goes right after them unless asked at 0.
+    return {
+      gma: this.partition.gmBase + this.reserveScanout(width * height * 4),
+      width,
+      height,
+      pitch: width * 4,
+    };
+  }
+
+  private scanoutOffset = -1;
+  private reserveScanout(bytes: number): number {
+    if (this.scanoutOffset < 0) {
+      this.scanoutOffset = this.alloc(bytes) - this.partition.gmBase;
+    }
+    return this.scanoutOffset;
+  }
+
+  /** Mode set through DISPI: 32 bpp; the visible image starts at the scan-out surface. */
+  modeSet(surface: Surface): void {
+    const dispi = (i: number, v: number) => this.bus.mmioWrite(2, DISPI + i * 2, 2, v);
+    const offset = surface.gma - this.partition.gmBase;
+    dispi(Dispi.ENABLE, 0);
+    dispi(Dispi.BPP, 32);
+    dispi(Dispi.XRES, surface.width);
+    dispi(Dispi.YRES, surface.height);
+    dispi(Dispi.ENABLE, DispiEnable.ENABLED | DispiEnable.LFB);
+    dispi(Dispi.VIRT_WIDTH, surface.width);
+    // The Bochs model has no base register: scroll with Y_OFFSET to where the surface starts.
+    if (offset % surface.pitch !== 0)
+      throw new GuestDriverError("EIO", "scan-out surface not on a line boundary");
+    dispi(Dispi.Y_OFFSET, offset / surface.pitch);
+  }
+}
