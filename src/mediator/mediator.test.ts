@@ -1,0 +1,103 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  GraphicsMemory,
+  Gtt,
+  LocalMemory,
+  MI_BATCH_BUFFER_END,
+  MI_NOOP,
+  MI_USER_INTERRUPT,
+  SoftwareGpu,
+  gttEntry,
+  miBatchBufferStart,
+  miStoreDataImm,
+  xyColorBlt,
+} from "../gpu/index.js";
+import { GuestDriver } from "../guest/index.js";
+import { DirectBus } from "../../test/support/direct-bus.js";
+import { Mediator, MediatorError } from "./mediator.js";
+import { ScanError, Scanner } from "./scanner.js";
+
+const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+
+test("types: available instances follow what is free; a failed create allocates nothing", () => {
+  const gpu = new SoftwareGpu({ localMemorySize: 128 << 20 });
+  const m = new Mediator({ gpu, logger: quiet });
+  assert.equal(m.availableInstances("mgpu-4q"), 1, "96 MiB free after the host's 32: one 64 MiB slice");
+  assert.equal(m.availableInstances("mgpu-1q"), 6);
+  const a = m.create("mgpu-4q");
+  assert.equal(m.availableInstances("mgpu-4q"), 0);
+  assert.throws(
+    () => m.create("mgpu-4q"),
+    (e: unknown) => e instanceof MediatorError && e.code === "ENOSPC",
+  );
+  assert.equal(m.availableInstances("mgpu-1q"), 2, "the failed create took nothing");
+  assert.throws(
+    () => m.create("no-such-type"),
+    (e: unknown) => e instanceof MediatorError && e.code === "ENOTYPE",
+  );
+  assert.throws(
+    () => m.create("mgpu-1q", a.uuid),
+    (e: unknown) => e instanceof MediatorError && e.code === "EEXIST",
+  );
+  m.remove(a.uuid);
+  assert.equal(m.availableInstances("mgpu-4q"), 1);
+  gpu.close();
+});
+
+test("the scheduler shares the engine by weight", () => {
+  const gpu = new SoftwareGpu({ localMemorySize: 256 << 20 });
+  const m = new Mediator({ gpu, logger: quiet });
+  const run = () => m.scheduler.drain();
+  const light = m.create("mgpu-1q"); // weight 1
+  const heavy = m.create("mgpu-2q"); // weight 2
+  const drivers = [light, heavy].map((v) => {
+    const d = new GuestDriver(new DirectBus(v.pci, run));
+    d.init();
+    return d;
+  });
+  // Queue the same 60 workloads on each without letting the scheduler run.
+  for (const d of drivers) {
+    const s = d.allocSurface(1024, 512);
+    for (let i = 0; i < 60; i++)
+      d.submit(xyColorBlt(s.gma, s.pitch, { x: 0, y: 0, width: 1024, height: 512 }, i));
+  }
+  for (let i = 0; i < 60; i++) m.scheduler.tick();
+  const share = heavy.stats.busyMs / (heavy.stats.busyMs + light.stats.busyMs);
+  assert.ok(Math.abs(share - 2 / 3) < 0.05, `heavy's share ${share.toFixed(3)} should be 2/3 (weights 2:1)`);
+  m.scheduler.drain();
+  gpu.close();
+});
+
+test("the scanner flattens ring, chained and nested batches into exactly the commands that run", () => {
+  const local = new LocalMemory(1 << 20);
+  const gtt = new Gtt(256);
+  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
+  const mem = new GraphicsMemory(local, gtt);
+  const w = local.words;
+  const ring = 0x10000,
+    a = 0x20000,
+    b = 0x21000,
+    c = 0x22000;
+  w.set([...miStoreDataImm(0x30000, 1), ...miBatchBufferStart(c, true), ...miBatchBufferStart(b)], a / 4);
+  w.set([MI_USER_INTERRUPT, MI_BATCH_BUFFER_END], b / 4);
+  w.set([...miStoreDataImm(0x30004, 2), MI_BATCH_BUFFER_END], c / 4);
+  const stream = [MI_NOOP, ...miBatchBufferStart(a), ...miStoreDataImm(0x30008, 3)];
+  w.set(stream, ring / 4);
+  const scanner = new Scanner(mem, { base: 0, size: 1 << 20 });
+  const r = scanner.scanRing(ring, 4096, 0, stream.length * 4);
+  assert.deepEqual(r.commands, [
+    MI_NOOP,
+    ...miStoreDataImm(0x30000, 1),
+    ...miStoreDataImm(0x30004, 2),
+    MI_USER_INTERRUPT,
+    ...miStoreDataImm(0x30008, 3),
+  ]);
+  // A partition that stops short of the batches refuses them.
+  const narrow = new Scanner(mem, { base: 0, size: 0x20000 });
+  assert.throws(
+    () => narrow.scanRing(ring, 4096, 0, stream.length * 4),
+    (e: unknown) => e instanceof ScanError && e.reason === "address-outside-partition",
+  );
+  local.close();
+});
