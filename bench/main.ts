@@ -11,6 +11,7 @@ type Bench = () => Promise<BenchReport>;
 const benches: Record<string, () => Promise<Bench>> = {
   "vfio-user": async () => (await import("./vfio-user.js")).run,
   gpu: async () => (await import("./gpu.js")).run,
+  mediation: async () => (await import("./mediation.js")).run,
 };
 
 async function main(): Promise<void> {

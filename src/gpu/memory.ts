@@ -57,6 +57,8 @@ export class Gtt {
   /** Entries as two 32-bit halves (no BigInt on the translation path). */
   readonly lo: Uint32Array;
   readonly hi: Uint32Array;
+  /** Bumped on every change, so translation caches know when to forget. */
+  generation = 0;
 
   constructor(readonly entries: number) {
     this.lo = new Uint32Array(entries);
@@ -70,6 +72,7 @@ export class Gtt {
 
   write(index: number, entry: bigint): void {
     if (index < 0 || index >= this.entries) throw new RangeError(`GTT index ${index}`);
+    this.generation++;
     this.lo[index] = Number(entry & 0xffffffffn);
     this.hi[index] = Number((entry >> 32n) & 0xffffffffn);
   }
@@ -78,7 +81,15 @@ export class Gtt {
     return (BigInt(this.hi[index]!) << 32n) | BigInt(this.lo[index]!);
   }
 
+  /** Writes both halves of an entry (the mediator's shadowing path). */
+  set(index: number, lo: number, hi: number): void {
+    this.generation++;
+    this.lo[index] = lo >>> 0;
+    this.hi[index] = hi >>> 0;
+  }
+
   clear(first = 0, count = this.entries - first): void {
+    this.generation++;
     this.lo.fill(0, first, first + count);
     this.hi.fill(0, first, first + count);
   }
@@ -153,8 +164,20 @@ export class GraphicsMemory {
     return run;
   }
 
+  /** One-page translation cache for dword reads (command fetch and scanning walk pages in order). */
+  private cachePage = -1;
+  private cacheBase = 0;
+  private cacheGeneration = -1;
+
   read32(gma: number): number {
+    if (gma >>> 12 === this.cachePage && this.cacheGeneration === this.gtt.generation && (gma & 3) === 0)
+      return this.local.words[(this.cacheBase + (gma & 0xfff)) >>> 2]!;
     const r = this.resolve(gma, 4);
+    if (r.local && (r.offset & 3) === 0) {
+      this.cachePage = gma >>> 12;
+      this.cacheBase = r.offset - (gma & 0xfff);
+      this.cacheGeneration = this.gtt.generation;
+    }
     if (r.length < 4) return this.readSlow(gma, 4);
     const b = r.bytes;
     const o = r.offset;

@@ -24,6 +24,8 @@ export interface NativeDriverOptions {
   readonly base?: number;
   readonly size?: number;
   readonly ringBytes?: number;
+  /** Room for one batch buffer (default 4 MiB). */
+  readonly batchBytes?: number;
 }
 
 export class NativeDriver {
@@ -33,7 +35,7 @@ export class NativeDriver {
   readonly ringBytes: number;
   private tail = 0;
   private readonly batchGma: number;
-  private readonly batchBytes = 256 << 10;
+  private readonly batchBytes: number;
 
   constructor(
     readonly gpu: ParentGpu,
@@ -47,6 +49,7 @@ export class NativeDriver {
     for (let page = base / PAGE_SIZE; page < this.end / PAGE_SIZE; page++)
       gpu.gtt.write(page, gttEntry("local", page * PAGE_SIZE));
     this.ringBytes = options.ringBytes ?? 64 << 10;
+    this.batchBytes = options.batchBytes ?? 4 << 20;
     this.ringGma = this.alloc(this.ringBytes);
     this.batchGma = this.alloc(this.batchBytes);
     gpu.mmioWrite(Reg.RING_CTL, 0);
@@ -88,14 +91,16 @@ export class NativeDriver {
 
   /** Puts commands in a batch buffer and starts it from the ring. */
   submitBatch(dwords: readonly number[]): void {
-    if ((dwords.length + 1) * 4 > this.batchBytes) {
-      // Split long streams at command boundaries is the caller's job; keep it simple here.
-      throw new Error("batch too large");
-    }
+    if ((dwords.length + 1) * 4 > this.batchBytes) throw new Error("batch too large");
     const words = this.gpu.localMemory.words;
     words.set(dwords, this.batchGma / 4);
     words[this.batchGma / 4 + dwords.length] = MI_BATCH_BUFFER_END;
     this.submit(miBatchBufferStart(this.batchGma));
+  }
+
+  /** Like submitBatch, for streams up to the whole batch area (used to time large submissions). */
+  submitBatchLarge(dwords: readonly number[]): void {
+    this.submitBatch(dwords);
   }
 
   /** Throws if the engine stopped on an error. */

@@ -163,8 +163,8 @@ export class SoftwareGpu implements ParentGpu {
     }
     if (offset >= Reg.GTT_BASE && offset < Reg.GTT_BASE + this.gtt.entries * 8) {
       const i = (offset - Reg.GTT_BASE) >> 3;
-      if (offset & 4) this.gtt.hi[i] = value;
-      else this.gtt.lo[i] = value;
+      if (offset & 4) this.gtt.set(i, this.gtt.lo[i]!, value);
+      else this.gtt.set(i, value, this.gtt.hi[i]!);
       return;
     }
     const e = this.engine;

@@ -39,6 +39,15 @@ const IRQ_USER = 1,
   IRQ_ERROR = 4,
   IRQ_IDLE = 32;
 
+const Guest = {
+  /** A command stream `times` over, in one array. */
+  repeat(once: readonly number[], times: number): number[] {
+    const all = new Array<number>(once.length * times);
+    for (let i = 0; i < times; i++) for (let j = 0; j < once.length; j++) all[i * once.length + j] = once[j]!;
+    return all;
+  },
+};
+
 export class GuestDriverError extends Error {
   constructor(
     readonly code: "ENODEV" | "ENOSPC" | "EIO" | "ETIMEDOUT",
@@ -166,7 +175,8 @@ export class GuestDriver {
   /** Runs a command stream from a batch buffer and waits for it to finish. */
   execute(dwords: readonly number[], timeoutMs = 10_000): void {
     if ((dwords.length + 1) * 4 > this.batchBytes) throw new GuestDriverError("ENOSPC", "batch too large");
-    this.writeMemory(this.batchGma, [...dwords, MI_BATCH_BUFFER_END]);
+    this.writeMemory(this.batchGma, dwords);
+    this.writeMemory(this.batchGma + dwords.length * 4, [MI_BATCH_BUFFER_END]);
     this.submit([...miBatchBufferStart(this.batchGma), MI_USER_INTERRUPT]);
     this.wait(timeoutMs);
   }
@@ -215,10 +225,7 @@ export class GuestDriver {
   }
 
   run(w: Workload, surfaces: Record<string, Surface>, repeat = 1): void {
-    const once = encodeOps(w.ops, surfaces);
-    const all: number[] = [];
-    for (let i = 0; i < repeat; i++) all.push(...once);
-    this.execute(all);
+    this.execute(Guest.repeat(encodeOps(w.ops, surfaces), repeat));
   }
 
   /** The surface the display scans out: BAR0 offset 0 (as the Bochs framebuffer). */

@@ -386,22 +386,23 @@ export class Vgpu {
     const parentIndex = this.gm.base / PAGE_SIZE + index;
     const g = this.gpu.gtt;
     if (!(lo & GTT_VALID)) {
-      g.lo[parentIndex] = 0;
-      g.hi[parentIndex] = 0;
+      g.set(parentIndex, 0, 0);
       return;
     }
     const address = hi * 0x100000000 + ((lo & ~0xfff) >>> 0);
     if (lo & GTT_SYSTEM) {
       // A guest frame: the parent reaches it through the mediator's system memory, tagged with our id.
       if (address >= 2 ** 44) return this.rejectEntry(index, address);
-      g.lo[parentIndex] = ((address & 0xfffff000) | GTT_VALID | GTT_SYSTEM) >>> 0;
-      g.hi[parentIndex] = (Math.floor(address / 0x100000000) | (this.id << 16)) >>> 0;
+      g.set(
+        parentIndex,
+        (address & 0xfffff000) | GTT_VALID | GTT_SYSTEM,
+        Math.floor(address / 0x100000000) | (this.id << 16),
+      );
       return;
     }
     if (address < this.lmBase || address + PAGE_SIZE > this.lmBase + this.type.localMemory)
       return this.rejectEntry(index, address);
-    g.lo[parentIndex] = lo & ~GTT_SYSTEM;
-    g.hi[parentIndex] = hi;
+    g.set(parentIndex, lo & ~GTT_SYSTEM, hi);
   }
 
   private rejectEntry(index: number, address: number): void {
@@ -411,8 +412,7 @@ export class Vgpu {
       "GTT entry outside the vGPU's memory refused",
     );
     const parentIndex = this.gm.base / PAGE_SIZE + index;
-    this.gpu.gtt.lo[parentIndex] = 0;
-    this.gpu.gtt.hi[parentIndex] = 0;
+    this.gpu.gtt.set(parentIndex, 0, 0);
     this.raise(VIrq.GTT_FAULT);
   }
 
