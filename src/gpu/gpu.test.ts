@@ -164,7 +164,7 @@ test("MI commands: store, load register, flush with post-sync write and notify, 
 
 test("GTT: scattered local pages and system-memory pages translate; unmapped pages fault cleanly", () => {
   const gpu = new SoftwareGpu({ localMemorySize: 16 * MiB, gttEntries: 4096 });
-  const drv = new NativeDriver(gpu, { size: 4 * MiB });
+  const drv = new NativeDriver(gpu, { size: 4 * MiB, batchBytes: 256 << 10 });
   // A 4-page surface at GMA 8 MiB: pages scattered in local memory, one page in system memory.
   const gma = 8 * MiB;
   const sysPage = new Uint8Array(PAGE_SIZE);
@@ -200,7 +200,7 @@ test("GTT: scattered local pages and system-memory pages translate; unmapped pag
 
 test("the ring wraps around", () => {
   const gpu = new SoftwareGpu({ localMemorySize: 16 * MiB, gttEntries: 4096 });
-  const drv = new NativeDriver(gpu, { size: 8 * MiB, ringBytes: PAGE_SIZE });
+  const drv = new NativeDriver(gpu, { size: 8 * MiB, ringBytes: PAGE_SIZE, batchBytes: 256 << 10 });
   const buf = drv.alloc(PAGE_SIZE);
   for (let i = 0; i < 1000; i++) drv.submit(miStoreDataImm(buf + (i % 1024) * 4, i)); // 16 bytes each: 4 wraps
   for (let i = 1000 - 1024 + 24; i < 1000; i++)

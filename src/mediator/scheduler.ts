@@ -22,6 +22,8 @@ export interface SchedulerOptions {
   readonly commandBudget?: number;
   /** Milliseconds one workload may run before the watchdog preempts it. */
   readonly timeBudgetMs?: number;
+  /** Where busy time comes from (tests use a deterministic one). */
+  readonly clock?: () => number;
 }
 
 export class Scheduler {
@@ -104,13 +106,14 @@ export class Scheduler {
     engine.gpr.set(v.gpr);
     this.current = v;
     v.startWorkload();
-    const t0 = performance.now();
+    const now = this.options.clock ?? (() => performance.now());
+    const t0 = now();
     this.host.submit(miBatchBufferStart(this.batchGma));
     const budget = this.options.commandBudget ?? 1 << 20;
     const deadline = t0 + (this.options.timeBudgetMs ?? 500);
     let executed = 0;
-    while (!engine.idle && executed < budget && performance.now() < deadline) executed += engine.run(1024);
-    const elapsed = performance.now() - t0;
+    while (!engine.idle && executed < budget && now() < deadline) executed += engine.run(1024);
+    const elapsed = now() - t0;
     v.stats.busyMs += elapsed;
     this.totalBusyMs += elapsed;
     this.current = undefined;
