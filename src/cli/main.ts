@@ -3,6 +3,7 @@
 import { Command } from "commander";
 import { formatProbe, probe } from "./probe.js";
 import { serve } from "./serve.js";
+import { demo } from "./demo.js";
 
 const program = new Command();
 program
@@ -41,6 +42,22 @@ program
       socketDir: options.socketDir,
       control: options.control ?? false,
       ...(options.watchdogMs ? { watchdogMs: options.watchdogMs } : {}),
+    });
+  });
+
+program
+  .command("demo")
+  .description("the whole stack on this machine: vGPUs, guest drivers rendering, a table and PNGs")
+  .option("--types <list>", "vGPU types, comma-separated", "mgpu-1q,mgpu-2q,mgpu-2q,mgpu-4q")
+  .option("--seconds <n>", "how long to animate", (v: string) => Number(v), 10)
+  .option("--out <dir>", "where the PNGs go", "mgpu-demo")
+  .action(async (options: { types: string; seconds: number; out: string }) => {
+    if (!Number.isFinite(options.seconds) || options.seconds <= 0)
+      throw new Error("--seconds must be a positive number");
+    process.exitCode = await demo({
+      types: options.types.split(","),
+      seconds: options.seconds,
+      outDir: options.out,
     });
   });
 
