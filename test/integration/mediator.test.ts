@@ -29,6 +29,7 @@ import {
 import { GuestDriver, GuestDriverError } from "../../src/guest/index.js";
 import { ClientBus } from "../../src/hypervisor/client-bus.js";
 import { Client } from "../../src/vfio-user/index.js";
+import { Mapping, closeFd, createMemfd } from "../../src/sys/index.js";
 import { ServeProcess } from "../support/serve-process.js";
 
 const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
@@ -198,4 +199,35 @@ test("hostile GTT entries, command streams and register writes are contained", a
     x.bus.close();
     x.client.close();
   }
+});
+
+test("a GTT entry for a guest frame lets the engine write guest memory; an unmapped frame faults", async () => {
+  const a = attach(A);
+  const ram = createMemfd("guest-ram", 1 << 20);
+  const view = Mapping.ofFd(ram, 1 << 20);
+  a.client.dmaMap({ flags: 3, offset: 0n, address: 0x4000_0000n, size: 1n << 20n }, ram);
+  const p = a.driver.partition;
+  const index = p.gmSize / PAGE_SIZE - 4;
+  a.driver.writeGtt(index, 0x4000_0000 + 0x3000, true);
+  a.driver.execute(
+    xyColorBlt(p.gmBase + index * PAGE_SIZE, 4096, { x: 0, y: 0, width: 1024, height: 1 }, 0xfeedc0de),
+  );
+  const words = new Uint32Array(view.buffer, 0x3000, 1024);
+  assert.ok(
+    words.every((w) => w === 0xfeedc0de),
+    "the blit landed in the guest's page",
+  );
+  a.driver.writeGtt(index + 1, 0x7000_0000, true); // never DMA-mapped by the VMM
+  assert.throws(
+    () =>
+      a.driver.execute(
+        xyColorBlt(p.gmBase + (index + 1) * PAGE_SIZE, 4096, { x: 0, y: 0, width: 16, height: 1 }, 1),
+      ),
+    (e: unknown) => e instanceof GuestDriverError && e.code === "EIO",
+  );
+  a.driver.recover();
+  view.unmap();
+  closeFd(ram);
+  a.bus.close();
+  a.client.close();
 });
