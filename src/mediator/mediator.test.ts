@@ -88,7 +88,7 @@ test("the scanner flattens ring, chained and nested batches into exactly the com
   w.set(stream, ring / 4);
   const scanner = new Scanner(mem, { base: 0, size: 1 << 20 });
   const r = scanner.scanRing(ring, 4096, 0, stream.length * 4);
-  assert.deepEqual(r.commands, [
+  assert.deepEqual(Array.from(r.commands), [
     MI_NOOP,
     ...miStoreDataImm(0x30000, 1),
     ...miStoreDataImm(0x30004, 2),

@@ -61,8 +61,8 @@ export interface ScanLimits {
 export const defaultScanLimits: ScanLimits = { maxCommands: 1 << 16, maxBatchJumps: 256 };
 
 export interface ScanResult {
-  /** The flattened, checked commands (no batch starts or ends). */
-  readonly commands: number[];
+  /** The flattened, checked commands (no batch starts or ends): a copy the guest cannot reach. */
+  readonly commands: Uint32Array;
   readonly count: number;
   readonly bytesScanned: number;
 }
@@ -79,7 +79,8 @@ export class Scanner {
   /** Scans the ring from head to tail (byte offsets in a ring of `size` bytes at `start`). */
   scanRing(start: number, size: number, head: number, tail: number): ScanResult {
     this.checkRange(start, size, start);
-    const out: number[] = [];
+    let out = new Uint32Array(1024);
+    let n = 0;
     let count = 0;
     let bytes = 0;
     let jumps = 0;
@@ -133,13 +134,20 @@ export class Scanner {
           continue;
         }
         this.check(len, address);
-        for (let i = 0; i < len; i++) out.push(this.cmd[i]!);
+        if (n + len > out.length) {
+          const grown = new Uint32Array(out.length * 2 + len);
+          grown.set(out.subarray(0, n));
+          out = grown;
+        }
+        if (len === 1) out[n] = dw0;
+        else out.set(this.cmd.subarray(0, len), n);
+        n += len;
       }
     } catch (e) {
       if (e instanceof GttFault) throw new ScanError("gtt-fault", e.gma);
       throw e;
     }
-    return { commands: out, count, bytesScanned: bytes };
+    return { commands: out.subarray(0, n), count, bytesScanned: bytes };
   }
 
   private unknownKind(dw0: number): ScanRejection {

@@ -93,7 +93,7 @@ const rejectionCodes: Record<ScanRejection, number> = {
 
 export interface Workload {
   readonly vgpu: Vgpu;
-  readonly commands: number[];
+  readonly commands: Uint32Array;
   /** Ring tail this workload completes up to. */
   readonly tail: number;
 }
