@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { Mediator, type Vgpu } from "../mediator/index.js";
+import { VfioUserMpt } from "../hypervisor/vfio-user.js";
 import { type Endpoint, Server } from "../vfio-user/server.js";
 import { defaultLogger } from "../vfio-user/log.js";
 
@@ -97,6 +98,7 @@ export function serve(options: ServeOptions): void {
             type: vgpu.type.name,
             stats: vgpu.stats,
             error: vgpu.error,
+            explicitFrameMaps: vgpu.mpt instanceof VfioUserMpt ? vgpu.mpt.maps : 0,
             regionReads: Array.from(endpoint.stats.regionReads.subarray(0, 9)),
             regionWrites: Array.from(endpoint.stats.regionWrites.subarray(0, 9)),
             display: {

@@ -81,8 +81,15 @@ export class GuestDriver {
 
   constructor(private readonly bus: PciBus) {}
 
-  /** Probes and brings the device up. `barBase` is where this guest places BAR0/BAR2. */
-  init(barBase = 0xe0000000): void {
+  /** Guest RAM holding the batch buffer, when the driver keeps batches in system memory. */
+  private systemBatch: { gpa: number; bytes: Uint8Array } | undefined;
+
+  /**
+   * Probes and brings the device up. `barBase` is where this guest places
+   * BAR0/BAR2. With `systemBatch`, batch buffers live in guest RAM (mapped
+   * into the GTT as system pages, as integrated GPUs do) instead of in BAR0.
+   */
+  init(barBase = 0xe0000000, options: { systemBatch?: { gpa: number; bytes: Uint8Array } } = {}): void {
     const b = this.bus;
     const id = b.configRead(0, 4);
     if (id !== 0x11111234) throw new GuestDriverError("ENODEV", `not a vGPU: ${id.toString(16)}`);
@@ -116,7 +123,20 @@ export class GuestDriver {
     this.mapLocalMemory();
     this.next = 0;
     this.ringGma = this.alloc(this.ringBytes);
-    this.batchGma = this.alloc(this.batchBytes);
+    this.systemBatch = options.systemBatch;
+    if (this.systemBatch) {
+      if (this.systemBatch.bytes.length < this.batchBytes)
+        throw new GuestDriverError("ENOSPC", "system batch area too small");
+      // The partition's upper half (beyond local memory) maps guest RAM pages.
+      const first = this.partition.lmSize / PAGE_SIZE;
+      if ((first + this.batchBytes / PAGE_SIZE) * PAGE_SIZE > this.partition.gmSize)
+        throw new GuestDriverError("ENOSPC", "no graphics memory left for a system batch");
+      for (let i = 0; i < this.batchBytes / PAGE_SIZE; i++)
+        this.writeGtt(first + i, this.systemBatch.gpa + i * PAGE_SIZE, true);
+      this.batchGma = this.partition.gmBase + this.partition.lmSize;
+    } else {
+      this.batchGma = this.alloc(this.batchBytes);
+    }
     b.mmioWrite(2, RING_CTL, 4, 0);
     b.mmioWrite(2, RING_START, 4, this.ringGma);
     b.mmioWrite(2, RING_CTL, 4, RingCtl.encode(this.ringBytes / PAGE_SIZE));
@@ -153,7 +173,14 @@ export class GuestDriver {
   }
 
   /** Writes bytes at a GMA of ours: straight into BAR0 when mapped, else through trapped writes. */
-  private writeMemory(gma: number, words: readonly number[]): void {
+  private writeMemory(gma: number, words: ArrayLike<number>): void {
+    const sys = this.systemBatch;
+    if (sys && gma >= this.batchGma && gma < this.batchGma + this.batchBytes) {
+      new Uint32Array(sys.bytes.buffer, sys.bytes.byteOffset + (gma - this.batchGma), words.length).set(
+        words,
+      );
+      return;
+    }
     const offset = gma - this.partition.gmBase;
     if (this.fb) {
       const v = new Uint32Array(this.fb.buffer, this.fb.byteOffset + offset, words.length);
@@ -173,7 +200,7 @@ export class GuestDriver {
   }
 
   /** Runs a command stream from a batch buffer and waits for it to finish. */
-  execute(dwords: readonly number[], timeoutMs = 10_000): void {
+  execute(dwords: ArrayLike<number>, timeoutMs = 10_000): void {
     if ((dwords.length + 1) * 4 > this.batchBytes) throw new GuestDriverError("ENOSPC", "batch too large");
     this.writeMemory(this.batchGma, dwords);
     this.writeMemory(this.batchGma + dwords.length * 4, [MI_BATCH_BUFFER_END]);
@@ -229,7 +256,9 @@ export class GuestDriver {
   }
 
   /** The surface the display scans out: BAR0 offset 0 (as the Bochs framebuffer). */
+  private scanoutHeight = 1;
   private scanoutSurface(width: number, height: number): Surface {
+    this.scanoutHeight = height;
     // The ring and batch were allocated first; the frame goes right after them unless asked at 0.
     return {
       gma: this.partition.gmBase + this.reserveScanout(width * height * 4),
@@ -242,6 +271,9 @@ export class GuestDriver {
   private scanoutOffset = -1;
   private reserveScanout(bytes: number): number {
     if (this.scanoutOffset < 0) {
+      // The display scrolls by whole lines: start the surface on a line boundary.
+      const pitch = bytes / Math.max(1, this.scanoutHeight);
+      while (this.next % pitch !== 0) this.next += PAGE_SIZE;
       this.scanoutOffset = this.alloc(bytes) - this.partition.gmBase;
     }
     return this.scanoutOffset;

@@ -3,7 +3,7 @@
  * vfio-user client — a minimal VMM: config and MMIO become REGION_READ/WRITE,
  * BARs with mmap areas are mapped straight in, MSI arrives on an eventfd.
  */
-import { EventFd, Mapping, POLLIN, closeFd, pollOne } from "../sys/index.js";
+import { EventFd, Mapping, POLLIN, Poller, closeFd } from "../sys/index.js";
 import type { PciBus } from "../guest/bus.js";
 import {
   type Client,
@@ -18,6 +18,7 @@ export class ClientBus implements PciBus {
   private readonly view = new DataView(this.scratch.buffer);
   private readonly msi = new EventFd(undefined, { nonBlocking: true });
   private readonly maps = new Map<number, Mapping | undefined>();
+  private readonly poller = new Poller(2);
   /** Trapped accesses this bus made (for benchmarks and tests). */
   traps = 0;
 
@@ -59,16 +60,24 @@ export class ClientBus implements PciBus {
     return this.maps.get(bar)?.bytes;
   }
 
+  /** Waits on the MSI eventfd, answering the device's own requests (DMA) meanwhile. */
   waitInterrupt(timeoutMs: number): boolean {
-    if (this.msi.read() > 0) return true;
-    if (pollOne(this.msi.fd, POLLIN, Math.min(timeoutMs, 0x7fffffff)) === 0) return false;
-    return this.msi.read() > 0;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (this.msi.read() > 0) return true;
+      const left = deadline - Date.now();
+      if (left <= 0) return false;
+      this.poller.setAll([this.msi.fd, this.client.serviceFd], POLLIN);
+      if (this.poller.wait(Math.min(left, 0x7fffffff)) === 0) continue;
+      if (this.poller.revents(1)) this.client.serviceRequests();
+    }
   }
 
   close(): void {
     for (const m of this.maps.values()) m?.unmap();
     this.maps.clear();
     this.msi.close();
+    this.poller.close();
   }
 
   private read(region: number, offset: number, size: number): number {

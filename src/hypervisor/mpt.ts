@@ -10,4 +10,9 @@ export interface Mpt {
   writeGuest(gpa: bigint, data: Uint8Array): void;
   /** Raises the vGPU's interrupt (MSI vector, or INTx) in the guest. */
   injectInterrupt(vector: number): void;
+  /**
+   * Ends the explicit mappings made since the last call (write-back and unmap),
+   * for backends where every guest frame must be mapped before it is touched.
+   */
+  release?(): void;
 }

@@ -118,6 +118,8 @@ export class Scheduler {
     this.totalBusyMs += elapsed;
     this.current = undefined;
     v.gpr.set(engine.gpr);
+    // Explicitly mapped guest frames go back before the guest hears about completion.
+    v.mpt?.release?.();
     if (engine.error !== EngineError.NONE) {
       const code = engine.error;
       const address = engine.errorAddress;

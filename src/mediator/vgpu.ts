@@ -446,6 +446,7 @@ export class Vgpu {
     } catch (e) {
       if (!(e instanceof ScanError)) throw e;
       this.stats.rejected++;
+      this.mpt?.release?.();
       this.scannedTail = tail;
       this.log.warn(
         { vgpu: this.uuid, reason: e.reason, address: `0x${e.address.toString(16)}` },

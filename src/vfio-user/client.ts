@@ -134,6 +134,11 @@ export class Client {
     return Math.min(this.server.maxDataXferSize, this.maxDataXferSize);
   }
 
+  /** The socket the server's own requests arrive on (poll it while idle, then serviceRequests()). */
+  get serviceFd(): number {
+    return (this.twin ?? this.conn).fd;
+  }
+
   get twinSocket(): boolean {
     return this.twin !== undefined;
   }

@@ -301,6 +301,7 @@ export class Server {
     while (!this.stopping) {
       this.runOnce(busy ? 0 : (this.options.idleTimeoutMs ?? (this.options.afterRound ? 1000 : -1)));
       busy = this.options.afterRound?.() ?? false;
+      this.pumpAll();
     }
     this.shutdown();
   }
@@ -418,20 +419,45 @@ export class Server {
       const got = s.conn.fill(false);
       if (got === "eof") return this.closeSession(s, "end of stream");
       if (got === "empty" && revents & (POLLHUP | POLLERR)) return this.closeSession(s, "socket hung up");
-      let m: Message | null;
+      this.pump(s);
+    } catch (e) {
+      this.failSession(s, e);
+    }
+  }
+
+  /** Handles every complete message a session has: set aside ones first, then buffered ones. */
+  private pump(s: Session): void {
+    let m: Message | null;
+    do {
+      while (s.deferred.length > 0) this.dispatch(s, s.deferred.shift()!);
       while ((m = s.conn.next()) !== null) {
         this.dispatch(s, m);
-        while (s.deferred.length > 0) {
-          const d = s.deferred.shift()!;
-          this.dispatch(s, d);
-        }
+        while (s.deferred.length > 0) this.dispatch(s, s.deferred.shift()!);
       }
-    } catch (e) {
-      s.endpoint.stats.connectionsClosedOnError++;
-      const reason = e instanceof ProtocolError ? `framing lost: ${e.message}` : `fatal: ${String(e)}`;
-      this.log.warn({ err: e instanceof Error ? e.message : String(e) }, "closing connection");
-      this.closeSession(s, reason);
+    } while (s.deferred.length > 0);
+  }
+
+  /**
+   * Device work outside a request (afterRound) may have waited for a client's
+   * reply and set that client's requests aside; answer them now, or the client
+   * would wait for a reply that no poll round would ever produce.
+   */
+  private pumpAll(): void {
+    for (const s of this.sessions.slice()) {
+      if (s.deferred.length === 0) continue;
+      try {
+        this.pump(s);
+      } catch (e) {
+        this.failSession(s, e);
+      }
     }
+  }
+
+  private failSession(s: Session, e: unknown): void {
+    s.endpoint.stats.connectionsClosedOnError++;
+    const reason = e instanceof ProtocolError ? `framing lost: ${e.message}` : `fatal: ${String(e)}`;
+    this.log.warn({ err: e instanceof Error ? e.message : String(e) }, "closing connection");
+    this.closeSession(s, reason);
   }
 
   /** Handles one message and sends its reply (unless the client asked for none). */
