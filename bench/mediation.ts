@@ -51,6 +51,8 @@ export async function run(): Promise<BenchReport> {
     process.execPath,
     [
       join(here, "..", "src", "cli", "main.js"),
+      "--state-dir",
+      dir,
       "serve",
       "--control",
       "--socket-dir",

@@ -44,6 +44,8 @@ export async function demo(options: DemoOptions): Promise<number> {
     process.execPath,
     [
       join(here, "main.js"),
+      "--state-dir",
+      sockets,
       "serve",
       "--control",
       "--socket-dir",

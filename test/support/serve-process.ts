@@ -24,6 +24,8 @@ export class ServeProcess {
   static async start(vgpus: string[], socketDir: string, extra: string[] = []): Promise<ServeProcess> {
     const args = [
       cli,
+      "--state-dir",
+      socketDir,
       "serve",
       "--control",
       "--socket-dir",

@@ -1,0 +1,176 @@
+/**
+ * Management like mdevctl: persistent definitions (schema-checked, atomic,
+ * broken files reported and kept), and a running daemon driven by the CLI:
+ * types, create/remove, start/stop of defined vGPUs, list, qemu-args,
+ * screenshot — with clear messages and non-zero exits for misuse.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { DefinitionStore } from "../../src/manager/definitions.js";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const cli = join(root, "src", "cli", "main.js");
+let state: string;
+
+function mgpu(...args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [cli, "--state-dir", state, ...args], {
+    encoding: "utf8",
+    timeout: 30_000,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function ok(...args: string[]): string {
+  const r = mgpu(...args);
+  assert.equal(r.status, 0, `mgpu ${args.join(" ")}: ${r.stderr}`);
+  return r.stdout;
+}
+
+function fails(pattern: RegExp, ...args: string[]): void {
+  const r = mgpu(...args);
+  assert.equal(r.status, 1, `mgpu ${args.join(" ")} should fail`);
+  assert.match(r.stderr, pattern);
+}
+
+before(() => {
+  state = mkdtempSync(join(tmpdir(), "mgpu-state-"));
+});
+after(() => rmSync(state, { recursive: true, force: true }));
+
+test("definitions: define, list, modify, undefine, with schema checks and --json", () => {
+  const uuid = ok("define", "--type", "mgpu-2q", "--name", "desk", "--autostart").trim();
+  assert.match(uuid, /^[0-9a-f-]{36}$/);
+  const listed = JSON.parse(ok("list", "--defined", "--json")) as {
+    uuid: string;
+    type: string;
+    autostart: boolean;
+  }[];
+  assert.deepEqual(listed, [{ uuid, type: "mgpu-2q", autostart: true, name: "desk" }]);
+  ok("modify", uuid, "--no-autostart", "--type", "mgpu-1q");
+  assert.match(ok("list", "--defined"), new RegExp(`${uuid}\\s+mgpu-1q\\s+no\\s+desk`));
+  fails(/already defined/, "define", "--type", "mgpu-1q", "--uuid", uuid);
+  fails(/not a UUID/, "define", "--type", "mgpu-1q", "--uuid", "nope");
+  fails(/\/type must match pattern/, "define", "--type", "bad type!");
+  fails(/not defined/, "undefine", "00000000-0000-4000-8000-000000000000");
+  ok("undefine", uuid);
+  assert.equal(ok("list", "--defined", "--json").trim(), "[]");
+});
+
+test("a broken definition file is reported by name, skipped, and never deleted", () => {
+  const good = ok("define", "--type", "mgpu-1q").trim();
+  const dir = join(state, "definitions");
+  const broken = join(dir, "11111111-1111-4111-8111-111111111111.json");
+  writeFileSync(broken, '{"uuid": "11111111-1111-4111-8111-111111111111", "type": 5');
+  const wrongShape = join(dir, "22222222-2222-4222-8222-222222222222.json");
+  writeFileSync(
+    wrongShape,
+    JSON.stringify({
+      uuid: "22222222-2222-4222-8222-222222222222",
+      type: "mgpu-1q",
+      extra: 1,
+      autostart: "yes",
+    }),
+  );
+  const r = mgpu("list", "--defined", "--json");
+  assert.equal(r.status, 0);
+  assert.deepEqual(
+    (JSON.parse(r.stdout) as { uuid: string }[]).map((d) => d.uuid),
+    [good],
+  );
+  assert.match(r.stderr, /skipping .*11111111-1111-4111-8111-111111111111\.json/);
+  assert.match(
+    r.stderr,
+    /skipping .*22222222-2222-4222-8222-222222222222\.json: .*autostart must be boolean/,
+  );
+  assert.ok(existsSync(broken) && existsSync(wrongShape), "broken files stay where they are");
+  rmSync(broken);
+  rmSync(wrongShape);
+  ok("undefine", good);
+});
+
+test("kill -9 in the middle of rewriting a definition leaves the old or the new file, never a torn one", async () => {
+  const uuid = ok("define", "--type", "mgpu-1q").trim();
+  const store = new DefinitionStore(state);
+  for (let round = 0; round < 20; round++) {
+    const child = spawn(
+      process.execPath,
+      [join(root, "test", "fixtures", "definition-writer.js"), state, uuid],
+      { stdio: ["ignore", "pipe", "ignore"] },
+    );
+    await new Promise((r) => child.stdout!.once("data", r));
+    await new Promise((r) => setTimeout(r, 5 + ((round * 7) % 23)));
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGKILL");
+    await exited;
+    const { definitions, broken } = store.load();
+    assert.deepEqual(broken, [], `round ${round}`);
+    const d = definitions.find((x) => x.uuid === uuid);
+    assert.ok(d, `round ${round}: the definition survives`);
+    assert.match(d.name ?? "", /^round-\d+$|^$/);
+  }
+  // Interrupted writes may leave temporary files; they are not definitions.
+  for (const f of readdirSync(join(state, "definitions")))
+    if (f.endsWith(".tmp")) rmSync(join(state, "definitions", f));
+  ok("undefine", uuid);
+});
+
+test("the daemon: autostart, create/remove, start/stop, list, qemu-args, screenshot, types", async () => {
+  fails(/no mgpu daemon at .*control\.sock/, "list");
+  const defined = ok("define", "--type", "mgpu-1q", "--autostart").trim();
+  const stopped = ok("define", "--type", "mgpu-1q").trim();
+  const daemon: ChildProcess = spawn(process.execPath, [cli, "--state-dir", state, "serve"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  try {
+    await new Promise((r) => daemon.stdout!.once("data", r));
+    let running = JSON.parse(ok("list", "--json")) as { uuid: string; defined: boolean }[];
+    assert.deepEqual(
+      running.map((v) => [v.uuid, v.defined]),
+      [[defined, true]],
+      "autostart",
+    );
+    const before = (JSON.parse(ok("types", "--json")) as { name: string; availableInstances: number }[]).find(
+      (t) => t.name === "mgpu-4q",
+    )!;
+    const created = JSON.parse(ok("create", "--type", "mgpu-4q", "--json")) as {
+      uuid: string;
+      socket: string;
+    };
+    assert.ok(existsSync(created.socket));
+    const afterCreate = (
+      JSON.parse(ok("types", "--json")) as { name: string; availableInstances: number }[]
+    ).find((t) => t.name === "mgpu-4q")!;
+    assert.equal(afterCreate.availableInstances, before.availableInstances - 1);
+    assert.match(ok("qemu-args", created.uuid), /vfio-user-pci.*\.sock/);
+    const png = join(state, "shot.png");
+    assert.match(ok("screenshot", created.uuid, png), /0x0|shot\.png/);
+    assert.equal(readFileSync(png).subarray(1, 4).toString(), "PNG");
+    ok("start", stopped);
+    running = JSON.parse(ok("list", "--json")) as { uuid: string; defined: boolean }[];
+    assert.equal(running.length, 3);
+    ok("stop", stopped);
+    ok("remove", created.uuid);
+    assert.deepEqual(
+      (JSON.parse(ok("list", "--json")) as { uuid: string }[]).map((v) => v.uuid),
+      [defined],
+    );
+    assert.ok(!existsSync(created.socket), "its socket is gone");
+    fails(/not running/, "remove", created.uuid);
+    fails(/no vGPU type nonsense/, "create", "--type", "nonsense");
+    fails(/not defined/, "start", "00000000-0000-4000-8000-000000000000");
+    // Fill the parent with 4q vGPUs: the one that does not fit is refused, cleanly.
+    const room = (JSON.parse(ok("types", "--json")) as { name: string; availableInstances: number }[]).find(
+      (t) => t.name === "mgpu-4q",
+    )!;
+    for (let i = 0; i < room.availableInstances; i++) ok("create", "--type", "mgpu-4q");
+    fails(/no local memory left for mgpu-4q/, "create", "--type", "mgpu-4q");
+    assert.equal((JSON.parse(ok("list", "--json")) as unknown[]).length, 1 + room.availableInstances);
+  } finally {
+    daemon.kill("SIGKILL");
+  }
+});
