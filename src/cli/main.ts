@@ -239,19 +239,41 @@ program
 
 program
   .command("demo")
-  .description("the whole stack on this machine: vGPUs, guest drivers rendering, a table and PNGs")
+  .description("the whole stack on this machine: simulated VMs with vGPUs rendering, a table and PNGs")
   .option("--types <list>", "vGPU types, comma-separated", "mgpu-1q,mgpu-2q,mgpu-2q,mgpu-4q")
   .option("--seconds <n>", "how long to animate", (v: string) => Number(v), 10)
   .option("--out <dir>", "where the PNGs go", "mgpu-demo")
-  .action(async (options: { types: string; seconds: number; out: string }) => {
-    if (!Number.isFinite(options.seconds) || options.seconds <= 0)
-      throw new Error("--seconds must be a positive number");
-    process.exitCode = await demo({
-      types: options.types.split(","),
-      seconds: options.seconds,
-      outDir: options.out,
-    });
-  });
+  .option("--vms <n>", "how many VMs (types repeat if fewer are given)", (v: string) => Number(v))
+  .option("--memory-model <model>", "kvm, xen or mixed (alternating)", "mixed")
+  .option("--hostile <list>", "VM indexes whose guest driver misbehaves, comma-separated", "")
+  .action(
+    async (options: {
+      types: string;
+      seconds: number;
+      out: string;
+      vms?: number;
+      memoryModel: string;
+      hostile: string;
+    }) => {
+      if (!Number.isFinite(options.seconds) || options.seconds <= 0)
+        throw new Error("--seconds must be a positive number");
+      if (!["kvm", "xen", "mixed"].includes(options.memoryModel))
+        throw new Error(`--memory-model must be kvm, xen or mixed, not ${options.memoryModel}`);
+      const given = options.types.split(",").filter(Boolean);
+      const count = options.vms ?? given.length;
+      if (!Number.isInteger(count) || count < 1 || count > 64) throw new Error("--vms must be 1..64");
+      const hostile = options.hostile ? options.hostile.split(",").map(Number) : [];
+      if (hostile.some((h) => !Number.isInteger(h) || h < 0 || h >= count))
+        throw new Error("--hostile names VMs that do not exist");
+      process.exitCode = await demo({
+        types: Array.from({ length: count }, (_, i) => given[i % given.length]!),
+        seconds: options.seconds,
+        outDir: options.out,
+        memoryModel: options.memoryModel as "kvm" | "xen" | "mixed",
+        hostile,
+      });
+    },
+  );
 
 try {
   await program.parseAsync();

@@ -120,8 +120,8 @@ export class GuestDriver {
     if (bar0 !== this.partition.lmSize)
       throw new GuestDriverError("ENODEV", "BAR0 does not match the PV block");
     this.fb = b.barMemory(0);
-    this.mapLocalMemory();
     this.next = 0;
+    this.mapped = 0;
     this.ringGma = this.alloc(this.ringBytes);
     this.systemBatch = options.systemBatch;
     if (this.systemBatch) {
@@ -145,11 +145,12 @@ export class GuestDriver {
     b.mmioWrite(2, IER, 4, IRQ_USER | IRQ_ERROR | IRQ_IDLE);
   }
 
-  /** GTT: the partition's first lmSize bytes map our local memory one to one (GMA base+x ↔ BAR0 x). */
-  private mapLocalMemory(): void {
+  /** GTT pages mapped so far: GMA base+x ↔ local memory lmBase+x (BAR0 offset x), as allocations need them. */
+  private mapped = 0;
+  private mapLocalMemory(upTo: number): void {
     const p = this.partition;
-    for (let i = 0; i < Math.min(p.lmSize, p.gmSize) / PAGE_SIZE; i++)
-      this.writeGtt(i, p.lmBase + i * PAGE_SIZE, false);
+    for (; this.mapped < upTo; this.mapped += PAGE_SIZE)
+      this.writeGtt(this.mapped / PAGE_SIZE, p.lmBase + this.mapped, false);
   }
 
   writeGtt(index: number, address: number, system: boolean): void {
@@ -165,6 +166,7 @@ export class GuestDriver {
       throw new GuestDriverError("ENOSPC", "out of graphics memory");
     const gma = this.partition.gmBase + this.next;
     this.next += size;
+    this.mapLocalMemory(this.next);
     return gma;
   }
 
@@ -199,9 +201,66 @@ export class GuestDriver {
     this.bus.mmioWrite(2, RING_TAIL, 4, this.tail);
   }
 
+  /** Frames in flight: which batch slot each used and the ring tail that completes it. */
+  private readonly inFlight: { slot: number; tail: number }[] = [];
+  private nextSlot = 0;
+  /** Batch slots for pipelined submission (the batch area split in `slots` parts). */
+  slots = 3;
+
+  /**
+   * Pipelined submission: puts a stream in the next batch slot and starts it
+   * without waiting, so up to `slots` frames are queued on the device; waits
+   * only when the slot is still in use by an earlier frame.
+   */
+  enqueue(dwords: ArrayLike<number>, timeoutMs = 10_000): void {
+    const slotBytes = Math.floor(this.batchBytes / this.slots / PAGE_SIZE) * PAGE_SIZE;
+    if ((dwords.length + 1) * 4 > slotBytes)
+      throw new GuestDriverError("ENOSPC", "frame larger than a batch slot");
+    const slot = this.nextSlot;
+    this.nextSlot = (this.nextSlot + 1) % this.slots;
+    while (this.inFlight.some((f) => f.slot === slot)) this.reap(timeoutMs);
+    const gma = this.batchGma + slot * slotBytes;
+    this.writeMemory(gma, dwords);
+    this.writeMemory(gma + dwords.length * 4, [MI_BATCH_BUFFER_END]);
+    this.submit([...miBatchBufferStart(gma), MI_USER_INTERRUPT]);
+    this.inFlight.push({ slot, tail: this.tail });
+  }
+
+  /** Waits for every enqueued frame. */
+  drain(timeoutMs = 10_000): void {
+    while (this.inFlight.length > 0) this.reap(timeoutMs);
+  }
+
+  /** Retires frames whose ring tail the (in-order) head has reached; waits for one if none has. */
+  private reap(timeoutMs: number): void {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = this.bus.mmioRead(2, ENGINE_STATUS, 4);
+      if (status & 2) {
+        this.inFlight.length = 0;
+        throw new GuestDriverError(
+          "EIO",
+          `engine error 0x${this.bus.mmioRead(2, ENGINE_ERROR, 4).toString(16)}`,
+        );
+      }
+      const head = this.bus.mmioRead(2, RING_HEAD, 4);
+      const done = this.inFlight.findIndex((f) => f.tail === head);
+      if (done >= 0) {
+        this.inFlight.splice(0, done + 1);
+        return;
+      }
+      if (Date.now() > deadline) throw new GuestDriverError("ETIMEDOUT", "frames did not complete");
+      if (this.bus.waitInterrupt(Math.max(1, deadline - Date.now()))) {
+        this.interrupts++;
+        this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+      }
+    }
+  }
+
   /** Runs a command stream from a batch buffer and waits for it to finish. */
   execute(dwords: ArrayLike<number>, timeoutMs = 10_000): void {
     if ((dwords.length + 1) * 4 > this.batchBytes) throw new GuestDriverError("ENOSPC", "batch too large");
+    this.drain(timeoutMs);
     this.writeMemory(this.batchGma, dwords);
     this.writeMemory(this.batchGma + dwords.length * 4, [MI_BATCH_BUFFER_END]);
     this.submit([...miBatchBufferStart(this.batchGma), MI_USER_INTERRUPT]);
@@ -233,6 +292,7 @@ export class GuestDriver {
 
   /** After an error: reset our (virtual) engine and start the ring over. */
   recover(): void {
+    this.inFlight.length = 0;
     this.bus.mmioWrite(2, ENGINE_RESET, 4, 1);
     this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
     this.tail = this.bus.mmioRead(2, RING_TAIL, 4);
