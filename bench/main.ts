@@ -12,6 +12,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   "vfio-user": async () => (await import("./vfio-user.js")).run,
   gpu: async () => (await import("./gpu.js")).run,
   mediation: async () => (await import("./mediation.js")).run,
+  scale: async () => (await import("./scale.js")).run,
 };
 
 async function main(): Promise<void> {

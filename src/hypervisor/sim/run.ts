@@ -17,6 +17,8 @@ export interface RunOptions {
   readonly depth?: number;
   /** Desktop frames per submission. */
   readonly work?: number;
+  /** Called once every VM has booted, as they are released to run together. */
+  readonly onStart?: () => void;
 }
 
 /** Boots every VM, starts them together (so they contend), and waits for all to finish. */
@@ -26,6 +28,7 @@ export async function runVms(vms: readonly SimulationVm[], options: RunOptions):
   let booted = 0;
   const bootedOne = () => {
     if (++booted < vms.length) return;
+    options.onStart?.();
     Atomics.store(new Int32Array(go), 0, 1);
     Atomics.notify(new Int32Array(go), 0);
   };
