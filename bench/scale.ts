@@ -70,18 +70,27 @@ async function scalePoint(
       });
     // Shares count only the contended run: busy time from the moment all VMs start.
     let atStart: Promise<Stat[]> | undefined;
+    let atEnd: Promise<Stat[]> | undefined;
     const results = await runVms(
       ready.vgpus.map((v, i) => ({ name: `vm${i}`, socket: v.socket, memoryModel: "kvm" as const })),
-      { seconds: SECONDS, work: WORK, onStart: () => (atStart = stats()) },
+      {
+        seconds: SECONDS,
+        work: WORK,
+        onStart: () => {
+          atStart = stats();
+          // The window ends when the VMs stop submitting, before they drain.
+          atEnd = new Promise((r) => setTimeout(() => r(stats()), SECONDS * 1000));
+        },
+      },
     );
     const before = await atStart!;
-    const after = await stats();
+    const after = await atEnd!;
     const busy = after.map((s) => s.stats.busyMs - before.find((b) => b.uuid === s.uuid)!.stats.busyMs);
     const totalBusy = busy.reduce((a, b) => a + b, 0);
     const weight = (t: string) => (t === "mgpu-2q" ? 2 : 1);
     const total = types.reduce((n, t) => n + weight(t), 0);
     return {
-      fps: results.reduce((n, r) => n + r.frames, 0) / SECONDS,
+      fps: results.reduce((n, r) => n + r.completedInTime, 0) / SECONDS,
       shares: after.map((s, i) => ({
         type: s.type,
         share: busy[i]! / totalBusy,

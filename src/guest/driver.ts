@@ -206,6 +206,8 @@ export class GuestDriver {
   private nextSlot = 0;
   /** Batch slots for pipelined submission (the batch area split in `slots` parts). */
   slots = 3;
+  /** Enqueued frames the device has finished. */
+  completed = 0;
 
   /**
    * Pipelined submission: puts a stream in the next batch slot and starts it
@@ -247,6 +249,7 @@ export class GuestDriver {
       const done = this.inFlight.findIndex((f) => f.tail === head);
       if (done >= 0) {
         this.inFlight.splice(0, done + 1);
+        this.completed += done + 1;
         return;
       }
       if (Date.now() > deadline) throw new GuestDriverError("ETIMEDOUT", "frames did not complete");

@@ -24,6 +24,8 @@ export interface SchedulerOptions {
   readonly timeBudgetMs?: number;
   /** Where busy time comes from (tests use a deterministic one). */
   readonly clock?: () => number;
+  /** Engine time per tick before the loop serves traps again (default 1 ms). */
+  readonly sliceMs?: number;
 }
 
 export class Scheduler {
@@ -70,21 +72,32 @@ export class Scheduler {
     return this.vgpus.some((v) => v.pending);
   }
 
-  /** Runs one workload (the most deserving); returns true if more work is waiting. */
+  /** The workload on the engine now, if one is part-way through. */
+  private running: { w: Workload; started: number; deadline: number; executed: number } | undefined;
+
+  /**
+   * Runs one slice of engine time: continues the workload on the engine, or
+   * starts the most deserving one. Slices are short so the trap path (served
+   * between ticks) never waits for a whole workload. Returns true if more
+   * work is waiting.
+   */
   tick(): boolean {
-    let next: Vgpu | undefined;
-    let best = Infinity;
-    for (const v of this.vgpus) {
-      if (!v.pending) continue;
-      const score = v.stats.busyMs / v.type.weight;
-      if (score < best) {
-        best = score;
-        next = v;
+    if (!this.running) {
+      let next: Vgpu | undefined;
+      let best = Infinity;
+      for (const v of this.vgpus) {
+        if (!v.pending) continue;
+        const score = v.stats.busyMs / v.type.weight;
+        if (score < best) {
+          best = score;
+          next = v;
+        }
       }
+      if (!next) return false;
+      if (!this.start(next.queue.shift()!)) return this.pending;
     }
-    if (!next) return false;
-    this.runWorkload(next.queue.shift()!);
-    return this.pending;
+    this.slice();
+    return this.running !== undefined || this.pending;
   }
 
   /** Runs until no vGPU has work left (bounded by each workload's watchdog). */
@@ -92,30 +105,50 @@ export class Scheduler {
     while (this.tick());
   }
 
-  private runWorkload(w: Workload): void {
+  private now(): number {
+    return this.options.clock ? this.options.clock() : performance.now();
+  }
+
+  /** Loads a workload into the shadow batch and onto the engine. */
+  private start(w: Workload): boolean {
     const v = w.vgpu;
-    const engine = this.gpu.engine;
     const words = this.gpu.localMemory.words;
     if ((w.commands.length + 1) * 4 > this.batchBytes) {
       v.failed(EngineError.BAD_COMMAND, 0, false);
-      return;
+      return false;
     }
     // The shadow batch lives in host memory, identity-mapped: GMA == local offset.
     words.set(w.commands, this.batchGma / 4);
     words[this.batchGma / 4 + w.commands.length] = MI_BATCH_BUFFER_END;
-    engine.gpr.set(v.gpr);
+    this.gpu.engine.gpr.set(v.gpr);
     this.current = v;
     v.startWorkload();
-    const now = this.options.clock ?? (() => performance.now());
-    const t0 = now();
+    const started = this.now();
     this.host.submit(miBatchBufferStart(this.batchGma));
+    this.running = { w, started, deadline: started + (this.options.timeBudgetMs ?? 500), executed: 0 };
+    return true;
+  }
+
+  /** About a millisecond of engine time for the running workload; finishes it when it is done. */
+  private slice(): void {
+    const r = this.running!;
+    const engine = this.gpu.engine;
+    const t0 = this.now();
+    const sliceEnd = t0 + (this.options.sliceMs ?? 1);
+    do r.executed += engine.run(64);
+    while (!engine.idle && this.now() < sliceEnd);
+    const t1 = this.now();
+    r.w.vgpu.stats.busyMs += t1 - t0;
+    this.totalBusyMs += t1 - t0;
     const budget = this.options.commandBudget ?? 1 << 20;
-    const deadline = t0 + (this.options.timeBudgetMs ?? 500);
-    let executed = 0;
-    while (!engine.idle && executed < budget && now() < deadline) executed += engine.run(1024);
-    const elapsed = now() - t0;
-    v.stats.busyMs += elapsed;
-    this.totalBusyMs += elapsed;
+    if (!engine.idle && r.executed < budget && t1 < r.deadline) return; // more slices to come
+    this.finish(r.w);
+  }
+
+  private finish(w: Workload): void {
+    const v = w.vgpu;
+    const engine = this.gpu.engine;
+    this.running = undefined;
     this.current = undefined;
     v.gpr.set(engine.gpr);
     // Explicitly mapped guest frames go back before the guest hears about completion.

@@ -33,6 +33,8 @@ export interface VmWorkerInput {
 export interface VmWorkerResult {
   readonly name: string;
   readonly frames: number;
+  /** Frames the device had finished when time was up (the honest throughput). */
+  readonly completedInTime: number;
   /** The seed of the last frame drawn (to re-render it for the pixel check). */
   readonly lastSeed: number;
   readonly interrupts: number;
@@ -102,10 +104,12 @@ function main(): VmWorkerResult {
       parentPort!.postMessage({ kind: "progress", name: input.name, frames });
     }
   }
+  const completedInTime = driver.completed;
   driver.drain();
   const result = {
     name: input.name,
     frames,
+    completedInTime,
     lastSeed,
     interrupts: driver.interrupts,
     accesses: { ...vm.accesses },
@@ -123,6 +127,7 @@ try {
     result: {
       name: input.name,
       frames: 0,
+      completedInTime: 0,
       lastSeed: 0,
       interrupts: 0,
       accesses: { ram: 0, passThrough: 0, trapped: 0 },
