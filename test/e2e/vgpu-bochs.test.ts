@@ -27,6 +27,7 @@ test("the stock bochs DRM driver drives a vGPU; the host's PNG shows what the gu
     let shot: Record<string, unknown> | undefined;
     let stats: Record<string, unknown> | undefined;
     let asked = false;
+    let seen = "";
     const png = join(tree, "tmp", `vgpu-${process.pid}.png`);
     const r = await bootGuest({
       tree,
@@ -67,7 +68,9 @@ test("the stock bochs DRM driver drives a vGPU; the host's PNG shows what the gu
       ].join("\n"),
       timeoutMs: 180_000,
       onOutput: (text) => {
-        if (!asked && text.includes("DRAWN=yes")) {
+        // The marker can arrive split across chunks: look at everything printed so far.
+        seen += text;
+        if (!asked && seen.includes("DRAWN=yes")) {
           asked = true;
           void serve.request({ cmd: "screenshot", uuid, path: png }).then((x) => (shot = x));
           void serve.request({ cmd: "stats" }).then((x) => (stats = x));
