@@ -18,7 +18,7 @@ import {
   type ParentGpu,
   frameToPng,
 } from "../gpu/index.js";
-import { Dispi } from "../gpu/index.js";
+import { Dispi, Reg } from "../gpu/index.js";
 import type { Mpt } from "../hypervisor/mpt.js";
 import { PciDevice, RegisterFile, type RegionHandler } from "../pci/index.js";
 import { type Logger, RateLimitedLog } from "../vfio-user/log.js";
@@ -37,16 +37,17 @@ export const VReg = {
   QEXT_SIZE: 0x600,
   QEXT_BYTEORDER: 0x604,
   PV_INFO: 0x800,
-  ENGINE: 0x2000, // RING_START.. as the parent's (Reg.RING_* - 0x2000 + ENGINE)
-  RING_START: 0x2000,
-  RING_HEAD: 0x2004,
-  RING_TAIL: 0x2008,
-  RING_CTL: 0x200c,
-  ENGINE_STATUS: 0x2010,
-  ENGINE_ERROR: 0x2014,
-  ENGINE_ERROR_ADDR: 0x2018,
-  ENGINE_RESET: 0x201c,
-  GPR0: 0x2100,
+  // The virtual engine registers sit where the parent's do: a driver for one drives the other.
+  ENGINE: Reg.RING_START,
+  RING_START: Reg.RING_START,
+  RING_HEAD: Reg.RING_HEAD,
+  RING_TAIL: Reg.RING_TAIL,
+  RING_CTL: Reg.RING_CTL,
+  ENGINE_STATUS: Reg.ENGINE_STATUS,
+  ENGINE_ERROR: Reg.ENGINE_ERROR,
+  ENGINE_ERROR_ADDR: Reg.ENGINE_ERROR_ADDR,
+  ENGINE_RESET: Reg.ENGINE_RESET,
+  GPR0: Reg.GPR0,
   ISR: 0x3000,
   IMR: 0x3004,
   IIR: 0x3008,

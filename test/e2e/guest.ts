@@ -189,3 +189,18 @@ export async function bootGuest(options: BootOptions): Promise<BootResult> {
   }
   return { output, exitCode, timedOut, values };
 }
+
+/** QEMU options for guest RAM the device can map (memfd, shared) on a q35 machine. */
+export function sharedMemory(mib: number): string[] {
+  return [
+    "-object",
+    `memory-backend-memfd,id=mem,size=${mib}M,share=on`,
+    "-machine",
+    "q35,memory-backend=mem",
+  ];
+}
+
+/** QEMU options that attach a vfio-user device served at `socket` (a path as QEMU sees it). */
+export function vfioUserDevice(socket: string): string[] {
+  return ["-device", JSON.stringify({ driver: "vfio-user-pci", socket: { path: socket, type: "unix" } })];
+}

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SAMPLE_DEVICE, SAMPLE_VENDOR } from "../fixtures/sample-device.js";
 import { startFixtureServer } from "../support/server-process.js";
-import { bootGuest, guestTree, socketInTree } from "./guest.js";
+import { bootGuest, guestTree, sharedMemory, socketInTree, vfioUserDevice } from "./guest.js";
 
 test("QEMU attaches the sample device and the guest sees its ids and config space", async (t) => {
   const tree = guestTree(t);
@@ -18,14 +18,7 @@ test("QEMU attaches the sample device and the guest sees its ids and config spac
     const r = await bootGuest({
       tree,
       memoryMiB: 256,
-      qemuArgs: [
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-machine",
-        "q35,memory-backend=mem",
-        "-device",
-        JSON.stringify({ driver: "vfio-user-pci", socket: { path: sock.guestPath, type: "unix" } }),
-      ],
+      qemuArgs: [...sharedMemory(256), ...vfioUserDevice(sock.guestPath)],
       script: [
         "for d in /sys/bus/pci/devices/*; do",
         `  if [ "$(cat $d/vendor)" = "0x${SAMPLE_VENDOR.toString(16)}" ] && [ "$(cat $d/device)" = "0x${SAMPLE_DEVICE.toString(16)}" ]; then`,

@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startSampleServer } from "../support/server-process.js";
-import { bootGuest, guestTree, socketInTree } from "./guest.js";
+import { bootGuest, guestTree, sharedMemory, socketInTree, vfioUserDevice } from "./guest.js";
 
 const source = join(
   dirname(fileURLToPath(import.meta.url)),
@@ -57,14 +57,10 @@ test("a Linux guest drives the toolkit sample through QEMU: config, BARs, capabi
       files: { "/bin/pcitool": pcitool },
       modules: ["vfio", "vfio_iommu_type1", "irqbypass", "vfio-pci-core", "vfio-pci"],
       qemuArgs: [
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-machine",
-        "q35,memory-backend=mem",
+        ...sharedMemory(256),
         "-device",
         "intel-iommu,caching-mode=on",
-        "-device",
-        JSON.stringify({ driver: "vfio-user-pci", socket: { path: sock.guestPath, type: "unix" } }),
+        ...vfioUserDevice(sock.guestPath),
       ],
       script: `
 for d in /sys/bus/pci/devices/*; do [ "$(cat $d/vendor)" = "0x1234" ] && [ "$(cat $d/device)" = "0x4d53" ] && D=$d; done

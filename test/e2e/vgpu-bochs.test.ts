@@ -10,7 +10,7 @@ import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pngToFrame } from "../../src/gpu/index.js";
 import { ServeProcess } from "../support/serve-process.js";
-import { bootGuest, guestTree } from "./guest.js";
+import { bootGuest, guestTree, sharedMemory, vfioUserDevice } from "./guest.js";
 
 const row = (b: number, g: number, r: number) =>
   `i=0; while [ $i -lt 1024 ]; do printf '\\${b.toString(8)}\\${g.toString(8)}\\${r.toString(8)}\\000'; i=$((i+1)); done`;
@@ -41,14 +41,7 @@ test("the stock bochs DRM driver drives a vGPU; the host's PNG shows what the gu
         "drm_shmem_helper",
         "bochs",
       ],
-      qemuArgs: [
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-machine",
-        "q35,memory-backend=mem",
-        "-device",
-        JSON.stringify({ driver: "vfio-user-pci", socket: { path: socketInGuest, type: "unix" } }),
-      ],
+      qemuArgs: [...sharedMemory(256), ...vfioUserDevice(socketInGuest)],
       script: [
         "for m in drm drm_kms_helper ttm drm_ttm_helper drm_vram_helper drm_shmem_helper bochs; do [ -f /modules/$m.ko ] && insmod /modules/$m.ko 2>/dev/null; done",
         "sleep 1",
