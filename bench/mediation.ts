@@ -6,12 +6,6 @@
  * of GPU work natively, the same count both ways. Also: the trap round trip of
  * a BAR2 register read, the GTT update rate and the command-scan rate.
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createInterface } from "node:readline";
 import {
   GraphicsMemory,
   Gtt,
@@ -27,9 +21,9 @@ import { GuestDriver } from "../src/guest/index.js";
 import { ClientBus } from "../src/hypervisor/client-bus.js";
 import { Scanner } from "../src/mediator/scanner.js";
 import { Client } from "../src/vfio-user/index.js";
+import { DaemonProcess } from "../src/manager/process.js";
 import { type BenchFigure, type BenchReport, percentile } from "./report.js";
 
-const here = dirname(fileURLToPath(import.meta.url));
 const ROUNDS = 5;
 const FRAME_MS = 16;
 
@@ -45,30 +39,9 @@ function time(fn: () => void): number {
 }
 
 export async function run(): Promise<BenchReport> {
-  const dir = mkdtempSync(join(tmpdir(), "mgpu-bench-med-"));
   const uuid = "be0c0000-0000-4000-8000-000000000001";
-  const child = spawn(
-    process.execPath,
-    [
-      join(here, "..", "src", "cli", "main.js"),
-      "--state-dir",
-      dir,
-      "serve",
-      "--control",
-      "--socket-dir",
-      dir,
-      "--watchdog-ms",
-      "5000",
-      "--vgpu",
-      `mgpu-4q:${uuid}`,
-    ],
-    { stdio: ["pipe", "pipe", "inherit"] },
-  );
-  const ready = await new Promise<{ vgpus: { socket: string }[] }>((resolve) =>
-    createInterface({ input: child.stdout! }).once("line", (l) =>
-      resolve(JSON.parse(l) as { vgpus: { socket: string }[] }),
-    ),
-  );
+  const daemon = await DaemonProcess.start({ vgpus: [`mgpu-4q:${uuid}`], args: ["--watchdog-ms", "5000"] });
+  const ready = { vgpus: daemon.vgpus };
   const quiet = { error() {}, warn() {}, info() {}, debug() {} };
   const client = Client.connect(ready.vgpus[0]!.socket, { logger: quiet });
   const bus = new ClientBus(client);
@@ -162,8 +135,7 @@ export async function run(): Promise<BenchReport> {
 
   bus.close();
   client.close();
-  child.kill();
+  await daemon.stop();
   gpu.close();
-  rmSync(dir, { recursive: true, force: true });
   return { name: "mediation", figures, details };
 }

@@ -6,17 +6,11 @@
  * same frames, same work per submission); each vGPU's share of engine time is
  * compared with its weight's share.
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createInterface } from "node:readline";
 import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps } from "../src/gpu/index.js";
 import { runVms } from "../src/hypervisor/sim/run.js";
+import { DaemonProcess } from "../src/manager/process.js";
 import type { BenchFigure, BenchReport } from "./report.js";
 
-const here = dirname(fileURLToPath(import.meta.url));
 const SECONDS = 3;
 const WORK = 8;
 const COUNTS = [1, 2, 4, 8, 16];
@@ -29,9 +23,10 @@ function nativeFramesPerSecond(): number {
   const end = performance.now() + SECONDS * 1000;
   const t0 = performance.now();
   let frames = 0;
+  const ops = encodeOps(desktopFrame(2).ops, s);
+  const stream = Array.from({ length: WORK }, () => ops).flat();
   while (performance.now() < end) {
-    const ops = encodeOps(desktopFrame(frames + 2).ops, s);
-    drv.submitBatch(Array.from({ length: WORK }, () => ops).flat());
+    drv.submitBatch(stream);
     frames++;
   }
   gpu.close();
@@ -41,33 +36,12 @@ function nativeFramesPerSecond(): number {
 async function scalePoint(
   count: number,
 ): Promise<{ fps: number; shares: { type: string; share: number; weightShare: number }[] }> {
-  const state = mkdtempSync(join(tmpdir(), "mgpu-scale-"));
   const types = Array.from({ length: count }, (_, i) => (i % 2 ? "mgpu-2q" : "mgpu-1q"));
-  const daemon = spawn(
-    process.execPath,
-    [
-      join(here, "..", "src", "cli", "main.js"),
-      "--state-dir",
-      state,
-      "serve",
-      "--control",
-      ...types.flatMap((t) => ["--vgpu", t]),
-    ],
-    { stdio: ["pipe", "pipe", "inherit"], env: { ...process.env, MGPU_LOG_LEVEL: "error" } },
-  );
+  const daemon = await DaemonProcess.start({ vgpus: types });
   try {
-    const lines = createInterface({ input: daemon.stdout! });
-    const ready = await new Promise<{ vgpus: { uuid: string; socket: string; type: string }[] }>((r) =>
-      lines.once("line", (l) =>
-        r(JSON.parse(l) as { vgpus: { uuid: string; socket: string; type: string }[] }),
-      ),
-    );
+    const ready = { vgpus: daemon.vgpus };
     type Stat = { uuid: string; type: string; stats: { busyMs: number } };
-    const stats = () =>
-      new Promise<Stat[]>((r) => {
-        lines.once("line", (l) => r((JSON.parse(l) as { vgpus: Stat[] }).vgpus));
-        daemon.stdin!.write(JSON.stringify({ cmd: "stats" }) + "\n");
-      });
+    const stats = async () => (await daemon.request({ cmd: "stats" })).vgpus as Stat[];
     // Shares count only the contended run: busy time from the moment all VMs start.
     let atStart: Promise<Stat[]> | undefined;
     let atEnd: Promise<Stat[]> | undefined;
@@ -76,6 +50,7 @@ async function scalePoint(
       {
         seconds: SECONDS,
         work: WORK,
+        animate: false,
         onStart: () => {
           atStart = stats();
           // The window ends when the VMs stop submitting, before they drain.
@@ -98,8 +73,7 @@ async function scalePoint(
       })),
     };
   } finally {
-    daemon.kill();
-    rmSync(state, { recursive: true, force: true });
+    await daemon.stop();
   }
 }
 

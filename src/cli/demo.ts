@@ -6,16 +6,14 @@
  * PNG of each display, and every final frame checked against the native
  * driver's rendering of the same frame. Exit 0 only if every VM rendered right.
  */
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createInterface } from "node:readline";
+import { mkdirSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps, pngToFrame } from "../gpu/index.js";
 import { runVms } from "../hypervisor/sim/run.js";
 import type { MemoryModel } from "../hypervisor/sim/vm.js";
 import { defaultTypes } from "../mediator/types.js";
+import type { Request } from "../manager/control.js";
+import { DaemonProcess } from "../manager/process.js";
 
 export interface DemoOptions {
   readonly types: readonly string[];
@@ -28,42 +26,14 @@ export interface DemoOptions {
   readonly work?: number;
 }
 
-const here = dirname(fileURLToPath(import.meta.url));
-
 export async function demo(options: DemoOptions): Promise<number> {
-  const state = mkdtempSync(join(tmpdir(), "mgpu-demo-"));
   const outDir = resolve(options.outDir);
   mkdirSync(outDir, { recursive: true });
-  const daemon = spawn(
-    process.execPath,
-    [
-      join(here, "main.js"),
-      "--state-dir",
-      state,
-      "serve",
-      "--control",
-      ...options.types.flatMap((t) => ["--vgpu", t]),
-    ],
-    // Rejections of the hostile VM are counted in the table; the log keeps to errors.
-    {
-      stdio: ["pipe", "pipe", "inherit"],
-      env: { ...process.env, MGPU_LOG_LEVEL: process.env.MGPU_LOG_LEVEL ?? "error" },
-    },
-  );
+  // Rejections of the hostile VM are counted in the table; the daemon's log keeps to errors.
+  const daemon = await DaemonProcess.start({ vgpus: options.types });
   try {
-    const lines = createInterface({ input: daemon.stdout! });
-    const replies: ((v: Record<string, unknown>) => void)[] = [];
-    const ready = await new Promise<Record<string, unknown>>((r, reject) => {
-      lines.once("line", (l) => r(JSON.parse(l) as Record<string, unknown>));
-      daemon.once("exit", (code) => reject(new Error(`the daemon exited (${code})`)));
-    });
-    lines.on("line", (l) => replies.shift()?.(JSON.parse(l) as Record<string, unknown>));
-    const request = (cmd: Record<string, unknown>) =>
-      new Promise<Record<string, unknown>>((r) => {
-        replies.push(r);
-        daemon.stdin!.write(JSON.stringify(cmd) + "\n");
-      });
-    const vgpus = ready.vgpus as { uuid: string; type: string; socket: string }[];
+    const request = (cmd: Request) => daemon.request(cmd);
+    const vgpus = daemon.vgpus;
     const model = (i: number): MemoryModel =>
       options.memoryModel === "mixed" ? (i % 2 ? "xen" : "kvm") : options.memoryModel;
     const progress = new Map<string, number>();
@@ -148,8 +118,8 @@ export async function demo(options: DemoOptions): Promise<number> {
     await request({ cmd: "quit" });
     return ok ? 0 : 1;
   } finally {
-    daemon.kill();
-    rmSync(state, { recursive: true, force: true });
+    process.stderr.write(daemon.stderr);
+    await daemon.stop();
   }
 }
 

@@ -166,16 +166,23 @@ export class GraphicsMemory {
 
   /** One-page translation cache for dword reads (command fetch and scanning walk pages in order). */
   private cachePage = -1;
+  private cacheWords: Uint32Array = new Uint32Array(0);
+  /** Dword index of the cached page's first dword in cacheWords. */
   private cacheBase = 0;
   private cacheGeneration = -1;
 
   read32(gma: number): number {
     if (gma >>> 12 === this.cachePage && this.cacheGeneration === this.gtt.generation && (gma & 3) === 0)
-      return this.local.words[(this.cacheBase + (gma & 0xfff)) >>> 2]!;
+      return this.cacheWords[this.cacheBase + ((gma & 0xfff) >>> 2)]!;
     const r = this.resolve(gma, 4);
-    if (r.local && (r.offset & 3) === 0) {
+    const pageStart = r.offset - (gma & 0xfff);
+    if ((r.offset & 3) === 0 && pageStart >= 0 && (r.bytes.byteOffset & 3) === 0) {
+      // Local memory or a system page: cache the page's dwords until the GTT changes.
       this.cachePage = gma >>> 12;
-      this.cacheBase = r.offset - (gma & 0xfff);
+      this.cacheWords = r.local
+        ? this.local.words
+        : new Uint32Array(r.bytes.buffer, r.bytes.byteOffset, r.bytes.length >>> 2);
+      this.cacheBase = pageStart >>> 2;
       this.cacheGeneration = this.gtt.generation;
     }
     if (r.length < 4) return this.readSlow(gma, 4);

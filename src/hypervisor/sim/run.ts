@@ -17,6 +17,8 @@ export interface RunOptions {
   readonly depth?: number;
   /** Desktop frames per submission. */
   readonly work?: number;
+  /** A new scene every frame (default); false replays one stream (GPU-bound runs). */
+  readonly animate?: boolean;
   /** Called once every VM has booted, as they are released to run together. */
   readonly onStart?: () => void;
 }
@@ -42,6 +44,7 @@ export async function runVms(vms: readonly SimulationVm[], options: RunOptions):
             hostile: vm.hostile ?? false,
             depth: options.depth ?? 3,
             work: options.work ?? 1,
+            animate: options.animate ?? true,
             go,
           };
           const worker = new Worker(url, { workerData: input });

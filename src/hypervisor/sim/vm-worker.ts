@@ -26,6 +26,8 @@ export interface VmWorkerInput {
   readonly depth: number;
   /** Desktop frames drawn per submitted frame (more: GPU-heavier). */
   readonly work: number;
+  /** A new scene every frame (else the same stream again: the guest spends no CPU encoding). */
+  readonly animate: boolean;
   /** All VMs start rendering together: the parent sets it to 1 once every VM has booted. */
   readonly go: SharedArrayBuffer;
 }
@@ -67,6 +69,7 @@ function main(): VmWorkerResult {
   let frames = 0;
   let lastSeed = 1;
   let rejectedSeen = 0;
+  let stream: number[] | undefined;
   let lastReport = 0;
   // A batch that chains to itself forever, for the hostile VM.
   const loop = driver.alloc(4096);
@@ -95,9 +98,12 @@ function main(): VmWorkerResult {
         driver.recover();
       }
     }
-    lastSeed = frames + 2;
-    const ops = encodeOps(desktopFrame(lastSeed).ops, surfaces);
-    driver.enqueue(input.work > 1 ? Array.from({ length: input.work }, () => ops).flat() : ops);
+    if (input.animate || !stream) {
+      lastSeed = frames + 2;
+      const ops = encodeOps(desktopFrame(lastSeed).ops, surfaces);
+      stream = input.work > 1 ? Array.from({ length: input.work }, () => ops).flat() : ops;
+    }
+    driver.enqueue(stream);
     frames++;
     if (Date.now() - lastReport > 200) {
       lastReport = Date.now();
