@@ -1,64 +1,132 @@
 #!/usr/bin/env bash
-# Provisions the end-to-end test tree: a Debian 13 (trixie) root with QEMU from
-# trixie-backports (vfio-user-pci), a guest kernel with the bochs DRM module and
-# a static busybox for the initramfs. Cached outside the repo, keyed by this
-# script's content (it names every package), built atomically, reused.
-# Prints the tree's path on stdout; everything else goes to stderr.
+# Provisions the end-to-end test tree: a Debian 13 (trixie) root holding QEMU from
+# trixie-backports (>= 10.1, for the vfio-user-pci device), a guest kernel whose
+# DRM drivers (bochs) are modules, a static busybox for the initramfs and xz to
+# unpack modules. test/e2e/guest.ts runs QEMU with `chroot TREE`.
+#
+# Cached outside the repo at ${MGPU_CACHE_DIR:-$HOME/.cache/mediated-gpu}/guest-KEY,
+# KEY being a hash of this script (it names every package, so editing it makes a
+# new tree). Built in a temp dir beside it under a lock and renamed when complete,
+# so concurrent runs build once and a killed run never leaves a half tree in use.
+#
+# Prints only the tree's path on stdout; logs go to stderr. Needs root (debootstrap,
+# chroot). The Debian mirror is read from this machine's apt sources at run time
+# (or MGPU_DEBIAN_MIRROR), so no host name lives in the repo.
 set -euo pipefail
 
-cache="${MGPU_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/mediated-gpu}"
-key=$(sha256sum "$0" | cut -c1-16)
-tree="$cache/guest-$key"
 log() { echo "provision-guest: $*" >&2; }
+die() {
+  log "$*"
+  exit 1
+}
 
+cache="${MGPU_CACHE_DIR:-$HOME/.cache/mediated-gpu}"
+key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+tree="$cache/guest-$key"
+
+# A complete tree (its marker is written last) is reused as is.
 if [ -f "$tree/.complete" ]; then
   echo "$tree"
   exit 0
 fi
-if [ "$(id -u)" != 0 ]; then
-  log "needs root (debootstrap, chroot); end-to-end tests need the tree at $tree"
-  exit 1
-fi
+[ "$(id -u)" = 0 ] || die "needs root to build $tree (debootstrap, chroot); run it as root once"
+for tool in debootstrap flock chroot; do
+  command -v "$tool" >/dev/null || die "$tool not found (apt-get install debootstrap util-linux coreutils)"
+done
+
+# The first https?://.../debian URI in this machine's apt sources (deb822 or one-line).
+host_mirror() {
+  {
+    sed -nE 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr -s ' \t' '\n'
+    sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+).*/\2/p' \
+      /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null
+  } | grep -E '^https?://[^[:space:]]+/debian/?$' | head -n1 || true
+}
+mirror="${MGPU_DEBIAN_MIRROR:-$(host_mirror)}"
+[ -n "$mirror" ] || die "no Debian mirror in /etc/apt/sources.list{,.d} (set MGPU_DEBIAN_MIRROR)"
+mirror="${mirror%/}"
 
 mkdir -p "$cache"
 exec 9>"$cache/.lock"
-flock 9
-if [ -f "$tree/.complete" ]; then # another run finished it while we waited
+if ! flock -n 9; then
+  log "another run is provisioning; waiting for it"
+  flock 9
+fi
+if [ -f "$tree/.complete" ]; then # the other run finished it while we waited
   echo "$tree"
   exit 0
 fi
 
-# The Debian mirror is whatever this machine's apt already uses.
-mirror=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null |
-  grep -oE 'https?://[^ ]+' | head -n1 || true)
-[ -n "$mirror" ] || { log "no Debian mirror in this machine's apt sources"; exit 1; }
+# Unmounts whatever a failed debootstrap may have left mounted under a build dir
+# (proc, sys), deepest first, then removes the dir without crossing into a mount.
+discard() {
+  local dir="$1" mnt
+  awk -v p="$dir" '$2 == p || index($2, p "/") == 1 { print $2 }' /proc/self/mounts | sort -r |
+    while read -r mnt; do umount -l "$mnt" || true; done
+  rm -rf --one-file-system "$dir"
+}
+# We hold the lock, so any other build dir belongs to a run that died.
+for stale in "$cache"/.build-*; do
+  [ -e "$stale" ] || continue
+  log "removing a dead run's $stale"
+  discard "$stale"
+done
 
-command -v debootstrap >/dev/null || { log "installing debootstrap"; apt-get update -qq >&2; apt-get install -y -qq debootstrap >&2; }
-
-work="$cache/.build-$key-$$"
-rm -rf "$work"
-trap 'rm -rf "$work"' EXIT
+[ ! -e "$tree" ] || discard "$tree" # without its marker: not ours to trust
+work=$(mktemp -d "$cache/.build-$key.XXXXXX")
+chmod 755 "$work"
+trap 'discard "$work"' EXIT
 start=$(date +%s)
-log "debootstrap trixie into $work (mirror from apt sources)"
-debootstrap --variant=minbase trixie "$work" "$mirror" >&2
+
+include=""
+case "$mirror" in https:*) include="--include=ca-certificates" ;; esac
+log "debootstrap --variant=minbase trixie (mirror from the host's apt sources)"
+# shellcheck disable=SC2086
+debootstrap --variant=minbase $include trixie "$work" "$mirror" >&2
+log "debootstrap took $(($(date +%s) - start)) s"
 
 cat >"$work/etc/apt/sources.list" <<SOURCES
 deb $mirror trixie main
 deb $mirror trixie-backports main
 SOURCES
-chroot "$work" apt-get update -qq >&2
-log "installing QEMU (trixie-backports), kernel, busybox"
-chroot "$work" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-  -t trixie-backports qemu-system-x86 >&2
-chroot "$work" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-  linux-image-amd64 busybox-static xz-utils cpio >&2
-chroot "$work" apt-get clean >&2
-rm -rf "$work/var/lib/apt/lists"/*
+# Documentation is never read in the tree: keep it out (about 30 MB).
+cat >"$work/etc/dpkg/dpkg.cfg.d/01-mgpu-nodoc" <<'NODOC'
+path-exclude=/usr/share/doc/*
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+NODOC
+# INITRD=No: the harness builds its own busybox initramfs, so the kernel package's
+# initramfs-tools hook would spend time and 40 MB making one nobody boots.
+in_tree() { chroot "$work" env DEBIAN_FRONTEND=noninteractive INITRD=No LC_ALL=C "$@"; }
+# Use-Pty=0: the tree has no /dev/pts (nothing is mounted into it).
+apt_install() { in_tree apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "$@" >&2; }
 
+in_tree apt-get update -q >&2
+log "installing qemu-system-x86 from trixie-backports"
+apt_install -t trixie-backports qemu-system-x86
+log "installing linux-image-amd64 busybox-static xz-utils"
+apt_install linux-image-amd64 busybox-static xz-utils
+in_tree apt-get clean >&2
+rm -rf "$work"/var/lib/apt/lists/* "$work"/boot/initrd.img-* "$work"/initrd.img "$work"/initrd.img.old
+mkdir -p "$work/run" "$work/tmp"
+chmod 1777 "$work/tmp"
+
+# Check what the tests rely on before calling the tree complete.
+qemu_version=$(chroot "$work" qemu-system-x86_64 --version | head -n1)
 chroot "$work" qemu-system-x86_64 -device help 2>/dev/null | grep -q '"vfio-user-pci"' ||
-  { log "QEMU in the tree has no vfio-user-pci device"; exit 1; }
-date -u +%FT%TZ >"$work/.complete"
-mv "$work" "$tree"
+  die "the tree's QEMU has no vfio-user-pci device ($qemu_version)"
+ls "$work"/boot/vmlinuz-* >/dev/null 2>&1 || die "no kernel in the tree's /boot"
+find "$work/lib/modules" -name 'bochs.ko*' | grep -q . || die "no bochs DRM module in the tree's kernel"
+[ -x "$work/bin/busybox" ] || die "no busybox in the tree"
+
+{
+  echo "built=$(date -u +%FT%TZ)"
+  echo "seconds=$(($(date +%s) - start))"
+  echo "qemu=$qemu_version"
+  echo "kernel=$(ls "$work/lib/modules")"
+} >"$work/.complete"
+mv -T "$work" "$tree"
 trap - EXIT
-log "done in $(($(date +%s) - start)) s: $tree"
+log "done in $(($(date +%s) - start)) s ($(du -sh "$tree" | cut -f1)): $tree"
 echo "$tree"
