@@ -60,6 +60,8 @@ export class Daemon {
     this.server = new Server(undefined, {
       logger: this.log,
       afterRound: () => this.mediator.scheduler.tick(),
+      // A busy host can delay a client's answer to DMA_READ/WRITE; give it time before failing the DMA.
+      timeoutMs: 30_000,
     });
     new ControlServer(join(stateDir, "control.sock"), this.server, (r) => this.handle(r));
     if (options.stdio)

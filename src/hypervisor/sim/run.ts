@@ -27,9 +27,9 @@ export interface RunOptions {
 export async function runVms(vms: readonly SimulationVm[], options: RunOptions): Promise<VmWorkerResult[]> {
   const url = new URL("./vm-worker.js", import.meta.url);
   const go = new SharedArrayBuffer(4);
-  let booted = 0;
+  let bootedCount = 0;
   const bootedOne = () => {
-    if (++booted < vms.length) return;
+    if (++bootedCount < vms.length) return;
     options.onStart?.();
     Atomics.store(new Int32Array(go), 0, 1);
     Atomics.notify(new Int32Array(go), 0);

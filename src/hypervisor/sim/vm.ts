@@ -56,6 +56,8 @@ export class SimVm implements PciBus {
     const ram = this.ram.bytes;
     this.client = Client.connect(options.socket, {
       ...(options.logger ? { logger: options.logger } : {}),
+      // Many VMs share two cores here: a reply may wait on a busy host longer than QEMU's 5 s.
+      timeoutMs: 30_000,
       // DMA_READ/DMA_WRITE from the device land in guest RAM (the xen model's only path).
       memory: {
         read: (address, out) =>
