@@ -7,12 +7,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SAMPLE_DEVICE, SAMPLE_VENDOR } from "../fixtures/sample-device.js";
 import { startFixtureServer } from "../support/server-process.js";
-import { bootGuest, guestTree, sharedMemory, socketInTree, vfioUserDevice } from "./guest.js";
+import { bootGuest, requireGuestTree, sharedMemory, socketPathInTree, vfioUserDevice } from "./guest.js";
 
 test("QEMU attaches the sample device and the guest sees its ids and config space", async (t) => {
-  const tree = guestTree(t);
+  const tree = requireGuestTree(t);
   if (!tree) return;
-  const sock = socketInTree(tree, "sample");
+  const sock = socketPathInTree(tree, "sample");
   const server = await startFixtureServer("serve-sample.js", [], { socketPath: sock.hostPath });
   try {
     const r = await bootGuest({

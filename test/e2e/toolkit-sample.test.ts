@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { startSampleServer } from "../support/server-process.js";
-import { bootGuest, guestTree, sharedMemory, socketInTree, vfioUserDevice } from "./guest.js";
+import { bootGuest, requireGuestTree, sharedMemory, socketPathInTree, vfioUserDevice } from "./guest.js";
 
 const source = join(
   dirname(fileURLToPath(import.meta.url)),
@@ -43,11 +43,11 @@ function buildPcitool(t: { skip(reason: string): void }): string | undefined {
 }
 
 test("a Linux guest drives the toolkit sample through QEMU: config, BARs, capabilities, MSI-X, DMA", async (t) => {
-  const tree = guestTree(t);
+  const tree = requireGuestTree(t);
   if (!tree) return;
   const pcitool = buildPcitool(t);
   if (!pcitool) return;
-  const sock = socketInTree(tree, "toolkit");
+  const sock = socketPathInTree(tree, "toolkit");
   const server = await startSampleServer({ socketPath: sock.hostPath });
   try {
     const r = await bootGuest({

@@ -6,17 +6,17 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { pngToFrame } from "../../src/gpu/index.js";
 import { ServeProcess } from "../support/serve-process.js";
-import { bootGuest, guestTree, sharedMemory, vfioUserDevice } from "./guest.js";
+import { bootGuest, requireGuestTree, sharedMemory, vfioUserDevice } from "./guest.js";
 
 const row = (b: number, g: number, r: number) =>
   `i=0; while [ $i -lt 1024 ]; do printf '\\${b.toString(8)}\\${g.toString(8)}\\${r.toString(8)}\\000'; i=$((i+1)); done`;
 
 test("the stock bochs DRM driver drives a vGPU; the host's PNG shows what the guest drew", async (t) => {
-  const tree = guestTree(t);
+  const tree = requireGuestTree(t);
   if (!tree) return;
   const dir = join(tree, "run", `mgpu-${process.pid}`);
   mkdirSync(dir, { recursive: true });
@@ -92,5 +92,6 @@ test("the stock bochs DRM driver drives a vGPU; the host's PNG shows what the gu
     assert.ok(v.regionWrites[2]! > 0, "BAR2 (DISPI) accesses are trapped");
   } finally {
     await serve.stop();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
