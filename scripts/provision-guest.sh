@@ -30,7 +30,7 @@ if [ -f "$tree/.complete" ]; then
   exit 0
 fi
 [ "$(id -u)" = 0 ] || die "needs root to build $tree (debootstrap, chroot); run it as root once"
-for tool in debootstrap flock chroot; do
+for tool in debootstrap flock chroot unshare; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install debootstrap util-linux coreutils)"
 done
 
@@ -76,13 +76,16 @@ done
 work=$(mktemp -d "$cache/.build-$key.XXXXXX")
 chmod 755 "$work"
 trap 'discard "$work"' EXIT
+trap 'exit 130' INT TERM HUP # so that the EXIT trap runs
 start=$(date +%s)
 
 include=""
 case "$mirror" in https:*) include="--include=ca-certificates" ;; esac
 log "debootstrap --variant=minbase trixie (mirror from the host's apt sources)"
+# In a mount namespace of its own: the proc and sys it mounts in the tree vanish
+# with it, even if it is killed.
 # shellcheck disable=SC2086
-debootstrap --variant=minbase $include trixie "$work" "$mirror" >&2
+unshare --mount --propagation private debootstrap --variant=minbase $include trixie "$work" "$mirror" >&2
 log "debootstrap took $(($(date +%s) - start)) s"
 
 cat >"$work/etc/apt/sources.list" <<SOURCES
@@ -96,10 +99,15 @@ path-exclude=/usr/share/man/*
 path-exclude=/usr/share/info/*
 path-exclude=/usr/share/locale/*
 NODOC
-# INITRD=No: the harness builds its own busybox initramfs, so the kernel package's
-# initramfs-tools hook would spend time and 40 MB making one nobody boots.
-in_tree() { chroot "$work" env DEBIAN_FRONTEND=noninteractive INITRD=No LC_ALL=C "$@"; }
-# Use-Pty=0: the tree has no /dev/pts (nothing is mounted into it).
+# Package scripts want /proc: it is mounted in a private mount namespace, which
+# takes the mount away when the command ends. INITRD=No: the harness builds its
+# own busybox initramfs, so the kernel's initramfs-tools hook would spend time
+# and 40 MB on one nobody boots.
+in_tree() {
+  unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' \
+    "$work" env DEBIAN_FRONTEND=noninteractive INITRD=No LC_ALL=C "$@"
+}
+# Use-Pty=0: the tree has no /dev/pts.
 apt_install() { in_tree apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "$@" >&2; }
 
 in_tree apt-get update -q >&2

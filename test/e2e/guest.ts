@@ -51,7 +51,8 @@ export function requireGuestTree(t: Skippable): string | undefined {
 /**
  * A unix socket path inside the tree, as the host sees it and as the chrooted
  * QEMU sees it. The pid in the name keeps concurrent test runs (which share the
- * cached tree) apart; a stale file at that path is removed.
+ * cached tree) apart; a stale file at that path is removed now, and the socket
+ * when this process exits.
  */
 export function socketPathInTree(tree: string, name: string): { hostPath: string; guestPath: string } {
   const file = `mgpu-${process.pid}-${name}.sock`;
@@ -60,6 +61,8 @@ export function socketPathInTree(tree: string, name: string): { hostPath: string
   if (Buffer.byteLength(hostPath) > 107) throw new Error(`socket path too long for AF_UNIX: ${hostPath}`);
   mkdirSync(join(tree, "run"), { recursive: true });
   rmSync(hostPath, { force: true });
+  // Servers rarely unlink their socket; don't let them pile up in the shared tree.
+  process.once("exit", () => rmSync(hostPath, { force: true }));
   return { hostPath, guestPath: `/run/${file}` };
 }
 

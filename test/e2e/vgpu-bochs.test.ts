@@ -93,5 +93,6 @@ test("the stock bochs DRM driver drives a vGPU; the host's PNG shows what the gu
   } finally {
     await serve.stop();
     rmSync(dir, { recursive: true, force: true });
+    rmSync(join(tree, "tmp", `vgpu-${process.pid}.png`), { force: true }); // the tree is shared
   }
 });
