@@ -20,7 +20,9 @@ die() {
   exit 1
 }
 
-cache="${MGPU_CACHE_DIR:-$HOME/.cache/mediated-gpu}"
+# HOME may be unset in a bare CI environment: ask the password database then.
+home="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+cache="${MGPU_CACHE_DIR:-$home/.cache/mediated-gpu}"
 key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 tree="$cache/guest-$key"
 
