@@ -106,6 +106,7 @@ NODOC
 # own busybox initramfs, so the kernel's initramfs-tools hook would spend time
 # and 40 MB on one nobody boots.
 in_tree() {
+  # shellcheck disable=SC2016 # $0 and $@ are the inner shell's
   unshare --mount --propagation private sh -c 'mount -t proc proc "$0/proc" && exec chroot "$0" "$@"' \
     "$work" env DEBIAN_FRONTEND=noninteractive INITRD=No LC_ALL=C "$@"
 }
