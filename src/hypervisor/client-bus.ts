@@ -4,45 +4,28 @@
  * BARs with mmap areas are mapped straight in, MSI arrives on an eventfd.
  */
 import { EventFd, Mapping, POLLIN, Poller, closeFd } from "../sys/index.js";
-import type { PciBus } from "../guest/bus.js";
-import {
-  type Client,
-  IRQ_SET_ACTION_TRIGGER,
-  IRQ_SET_DATA_EVENTFD,
-  PciIrq,
-  PciRegion,
-} from "../vfio-user/index.js";
+import { RegionBus } from "../guest/bus.js";
+import { type Client, IRQ_SET_ACTION_TRIGGER, IRQ_SET_DATA_EVENTFD, PciIrq } from "../vfio-user/index.js";
 
-export class ClientBus implements PciBus {
-  private readonly scratch = new Uint8Array(4);
-  private readonly view = new DataView(this.scratch.buffer);
+export class ClientBus extends RegionBus {
   private readonly msi = new EventFd(undefined, { nonBlocking: true });
   private readonly maps = new Map<number, Mapping | undefined>();
   private readonly poller = new Poller(2);
-  /** Trapped accesses this bus made (for benchmarks and tests). */
-  traps = 0;
 
   constructor(readonly client: Client) {
+    super();
     client.setIrqs(
       { flags: IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER, index: PciIrq.MSI, start: 0, count: 1 },
       [this.msi.fd],
     );
   }
 
-  configRead(offset: number, size: 1 | 2 | 4): number {
-    return this.read(PciRegion.CONFIG, offset, size);
+  protected readRegion(region: number, offset: number, out: Uint8Array): void {
+    this.client.regionRead(region, offset, out);
   }
 
-  configWrite(offset: number, size: 1 | 2 | 4, value: number): void {
-    this.write(PciRegion.CONFIG, offset, size, value);
-  }
-
-  mmioRead(bar: number, offset: number, size: 1 | 2 | 4): number {
-    return this.read(bar, offset, size);
-  }
-
-  mmioWrite(bar: number, offset: number, size: 1 | 2 | 4, value: number): void {
-    this.write(bar, offset, size, value);
+  protected writeRegion(region: number, offset: number, data: Uint8Array): void {
+    this.client.regionWrite(region, offset, data);
   }
 
   barMemory(bar: number): Uint8Array | undefined {
@@ -78,18 +61,5 @@ export class ClientBus implements PciBus {
     this.maps.clear();
     this.msi.close();
     this.poller.close();
-  }
-
-  private read(region: number, offset: number, size: number): number {
-    this.traps++;
-    const out = this.scratch.subarray(0, size);
-    this.client.regionRead(region, offset, out);
-    return size === 1 ? out[0]! : size === 2 ? this.view.getUint16(0, true) : this.view.getUint32(0, true);
-  }
-
-  private write(region: number, offset: number, size: number, value: number): void {
-    this.traps++;
-    this.view.setUint32(0, value >>> 0, true);
-    this.client.regionWrite(region, offset, this.scratch.subarray(0, size));
   }
 }
