@@ -27,14 +27,36 @@ key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
 tree="$cache/guest-$key"
 
 # A complete tree (its marker is written last) is reused as is.
-if [ -f "$tree/.complete" ]; then
+if [ -f "$tree/.complete" ] && [ "${MGPU_PROVISION_CHECK_ONLY:-}" != 1 ]; then
   echo "$tree"
   exit 0
 fi
-[ "$(id -u)" = 0 ] || die "needs root to build $tree (debootstrap, chroot); run it as root once"
-for tool in debootstrap flock chroot unshare; do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install debootstrap util-linux coreutils)"
+
+# Host prerequisites, as "command:debian-package". Missing ones are installed when
+# we are root (one apt-get update, then apt-get install -y); otherwise we say the
+# exact command to run. MGPU_PROVISION_CHECK_ONLY=1 stops after this step, and
+# MGPU_APT_GET names the apt-get to call (both for the script's own test).
+apt_get="${MGPU_APT_GET:-apt-get}"
+prerequisites="debootstrap:debootstrap flock:util-linux unshare:util-linux chroot:coreutils"
+missing=""
+for pair in $prerequisites; do
+  command -v "${pair%%:*}" >/dev/null || case " $missing " in *" ${pair#*:} "*) ;; *) missing="$missing ${pair#*:}" ;; esac
 done
+missing="${missing# }"
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    die "missing host packages: $missing; run as root: apt-get update && apt-get install -y $missing"
+  fi
+  log "installing host packages: $missing"
+  DEBIAN_FRONTEND=noninteractive "$apt_get" update -q >&2 || die "apt-get update failed"
+  # shellcheck disable=SC2086 # one word per package
+  DEBIAN_FRONTEND=noninteractive "$apt_get" install -y -q $missing >&2 || die "apt-get install -y $missing failed"
+  for pair in $prerequisites; do
+    command -v "${pair%%:*}" >/dev/null || die "${pair%%:*} still not found after installing ${pair#*:}"
+  done
+fi
+[ "${MGPU_PROVISION_CHECK_ONLY:-}" != 1 ] || exit 0
+[ "$(id -u)" = 0 ] || die "needs root to build $tree (debootstrap, chroot); run it as root once"
 
 # The first https?://.../debian URI in this machine's apt sources (deb822 or one-line).
 host_mirror() {
@@ -139,5 +161,9 @@ find "$work/lib/modules" -name 'bochs.ko*' | grep -q . || die "no bochs DRM modu
 } >"$work/.complete"
 mv -T "$work" "$tree"
 trap - EXIT
+# Trees built by earlier versions of this script are never used again.
+for old in "$cache"/guest-*; do
+  [ "$old" = "$tree" ] || [ ! -d "$old" ] || { log "pruning $old"; discard "$old"; }
+done
 log "done in $(($(date +%s) - start)) s ($(du -sh "$tree" | cut -f1)): $tree"
 echo "$tree"
