@@ -18,7 +18,7 @@ import {
   workloadSuite,
 } from "../src/gpu/index.js";
 import { GuestDriver } from "../src/guest/index.js";
-import { ClientBus } from "../src/hypervisor/client-bus.js";
+import { ClientBus } from "../src/vmm/client-bus.js";
 import { Scanner } from "../src/mediator/scanner.js";
 import { Client } from "../src/vfio-user/index.js";
 import { DaemonProcess } from "../src/manager/process.js";

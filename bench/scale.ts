@@ -7,7 +7,7 @@
  * compared with its weight's share.
  */
 import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps } from "../src/gpu/index.js";
-import { runVms } from "../src/hypervisor/sim/run.js";
+import { runVms } from "../src/vmm/sim/run.js";
 import { DaemonProcess } from "../src/manager/process.js";
 import type { BenchFigure, BenchReport } from "./report.js";
 

@@ -45,3 +45,6 @@ export class RateLimitedLog {
     }
   }
 }
+
+/** Discards everything: for tests and one-shot tools that report by other means. */
+export const quietLogger: Logger = { error() {}, warn() {}, info() {}, debug() {} };

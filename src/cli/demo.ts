@@ -9,8 +9,8 @@
 import { mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps, pngToFrame } from "../gpu/index.js";
-import { runVms } from "../hypervisor/sim/run.js";
-import type { MemoryModel } from "../hypervisor/sim/vm.js";
+import { runVms } from "../vmm/sim/run.js";
+import type { MemoryModel } from "../vmm/sim/vm.js";
 import { defaultTypes } from "../mediator/types.js";
 import type { Request } from "../manager/control.js";
 import { DaemonProcess } from "../manager/process.js";

@@ -7,6 +7,8 @@ import { Command } from "commander";
 import { requestDaemon, type Reply, type Request } from "../manager/control.js";
 import { DefinitionStore } from "../manager/definitions.js";
 import { Mediator } from "../mediator/index.js";
+import { VfioUserMpt } from "../hypervisor/vfio-user.js";
+import { quietLogger } from "../base/index.js";
 import { demo } from "./demo.js";
 import { formatProbe, probe } from "./probe.js";
 import { serve } from "./serve.js";
@@ -99,7 +101,7 @@ program
       types = daemon({ cmd: "types" }).types as typeof types;
     } catch {
       // No daemon: what an idle parent offers.
-      const m = new Mediator({ logger: { error() {}, warn() {}, info() {}, debug() {} } });
+      const m = new Mediator({ mpt: (device) => new VfioUserMpt(device), logger: quietLogger });
       types = m.types.map((t) => ({ ...t, availableInstances: m.availableInstances(t.name) }));
       m.gpu.close();
     }

@@ -1,8 +1,13 @@
 /**
  * The mediated pass-through (MPT) interface: everything the mediator needs from
  * the hypervisor, and nothing more — reach guest memory, inject an interrupt.
- * Backends: vfio-user (a real VMM such as QEMU) and, later, the simulated VMs.
+ * One backend so far, vfio-user: a real VMM such as QEMU, and the project's own
+ * simulated VMs (`src/vmm/`), which are vfio-user clients too. Their two memory
+ * models (guest RAM shared by fd, or frames reached only by DMA messages) are
+ * both handled by that backend. The caller of the mediator picks the backend.
  */
+import type { PciDevice } from "../pci/index.js";
+
 export interface Mpt {
   /** A direct view of one 4 KiB guest page (gpa page-aligned), or undefined if it cannot be mapped. */
   mapGuestPage(gpa: bigint): Uint8Array | undefined;
@@ -16,3 +21,6 @@ export interface Mpt {
    */
   release?(): void;
 }
+
+/** Makes the MPT for one vGPU's PCI function. */
+export type MptFactory = (device: PciDevice) => Mpt;

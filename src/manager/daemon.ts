@@ -10,7 +10,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { VfioUserMpt } from "../hypervisor/vfio-user.js";
 import { Mediator, MediatorError, type Vgpu } from "../mediator/index.js";
-import { type Logger, defaultLogger } from "../vfio-user/log.js";
+import { type Logger, defaultLogger } from "../base/index.js";
 import { type Endpoint, Server } from "../vfio-user/server.js";
 import { ControlServer, type Reply, type Request, serveStdio } from "./control.js";
 import { DefinitionStore } from "./definitions.js";
@@ -54,6 +54,7 @@ export class Daemon {
     mkdirSync(this.socketDir, { recursive: true });
     this.definitions = new DefinitionStore(stateDir);
     this.mediator = new Mediator({
+      mpt: (device) => new VfioUserMpt(device),
       logger: this.log,
       ...(options.watchdogMs ? { scheduler: { timeBudgetMs: options.watchdogMs } } : {}),
     });

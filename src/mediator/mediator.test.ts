@@ -17,12 +17,21 @@ import { GuestDriver } from "../guest/index.js";
 import { DirectBus } from "../../test/support/direct-bus.js";
 import { Mediator, MediatorError } from "./mediator.js";
 import { ScanError, Scanner } from "./scanner.js";
+import type { Mpt } from "../hypervisor/mpt.js";
+import { quietLogger } from "../base/index.js";
 
-const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+const quiet = quietLogger;
+/** These tests never reach guest memory. */
+const noGuest: Mpt = {
+  mapGuestPage: () => undefined,
+  readGuest: () => assert.fail("no guest memory in this test"),
+  writeGuest: () => assert.fail("no guest memory in this test"),
+  injectInterrupt: () => {},
+};
 
 test("types: available instances follow what is free; a failed create allocates nothing", () => {
   const gpu = new SoftwareGpu({ localMemorySize: 128 << 20 });
-  const m = new Mediator({ gpu, logger: quiet });
+  const m = new Mediator({ gpu, mpt: () => noGuest, logger: quiet });
   assert.equal(m.availableInstances("mgpu-4q"), 1, "96 MiB free after the host's 32: one 64 MiB slice");
   assert.equal(m.availableInstances("mgpu-1q"), 6);
   const a = m.create("mgpu-4q");
@@ -49,7 +58,7 @@ test("the scheduler shares the engine by weight", () => {
   const gpu = new SoftwareGpu({ localMemorySize: 256 << 20 });
   // Busy time from a clock that ticks once per look: identical workloads cost the same, so the check is exact.
   let ticks = 0;
-  const m = new Mediator({ gpu, logger: quiet, scheduler: { clock: () => ticks++ } });
+  const m = new Mediator({ gpu, mpt: () => noGuest, logger: quiet, scheduler: { clock: () => ticks++ } });
   const run = () => m.scheduler.drain();
   const light = m.create("mgpu-1q"); // weight 1
   const heavy = m.create("mgpu-2q"); // weight 2

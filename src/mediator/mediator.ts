@@ -6,15 +6,16 @@
  */
 import { randomUUID } from "node:crypto";
 import { PAGE_SIZE, type ParentGpu, SoftwareGpu } from "../gpu/index.js";
-import { VfioUserMpt } from "../hypervisor/vfio-user.js";
-import type { Mpt } from "../hypervisor/mpt.js";
-import { type Logger, defaultLogger } from "../vfio-user/log.js";
+import type { MptFactory } from "../hypervisor/mpt.js";
+import { type Logger, MgpuError, defaultLogger } from "../base/index.js";
 import { RangePool } from "./pool.js";
 import { Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { type VgpuType, defaultTypes } from "./types.js";
 import { Vgpu } from "./vgpu.js";
 
 export interface MediatorOptions {
+  /** How each vGPU reaches its guest's memory and interrupts: chosen by the caller, per backend. */
+  readonly mpt: MptFactory;
   readonly gpu?: ParentGpu;
   readonly types?: readonly VgpuType[];
   /** Local memory and graphics memory kept for the host (ring, shadow batches). */
@@ -23,13 +24,10 @@ export interface MediatorOptions {
   readonly logger?: Logger;
 }
 
-export class MediatorError extends Error {
-  constructor(
-    readonly code: "ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT",
-    message: string,
-  ) {
-    super(message);
-    this.name = "MediatorError";
+export class MediatorError extends MgpuError {
+  declare readonly code: "ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT";
+  constructor(code: "ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT", message: string) {
+    super(code, message);
   }
 }
 
@@ -43,8 +41,10 @@ export class Mediator {
   private readonly byId = new Map<number, Vgpu>();
   private nextId = 1;
   private readonly logger: Logger;
+  private readonly mptFactory: MptFactory;
 
-  constructor(options: MediatorOptions = {}) {
+  constructor(options: MediatorOptions) {
+    this.mptFactory = options.mpt;
     this.gpu = options.gpu ?? new SoftwareGpu();
     this.types = options.types ?? defaultTypes;
     this.logger = options.logger ?? defaultLogger();
@@ -80,7 +80,7 @@ export class Mediator {
     );
   }
 
-  create(typeName: string, uuid: string = randomUUID(), mpt?: (v: Vgpu) => Mpt): Vgpu {
+  create(typeName: string, uuid: string = randomUUID(), mpt: MptFactory = this.mptFactory): Vgpu {
     const t = this.type(typeName);
     if (this.vgpus.has(uuid)) throw new MediatorError("EEXIST", `vGPU ${uuid} exists`);
     // BAR0 must be naturally aligned in the fd so the VMM can map it as one piece.
@@ -93,7 +93,7 @@ export class Mediator {
     }
     const id = this.nextId++;
     const v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger, () => {});
-    v.mpt = mpt ? mpt(v) : new VfioUserMpt(v.pci);
+    v.mpt = mpt(v.pci);
     this.vgpus.set(uuid, v);
     this.byId.set(id, v);
     this.scheduler.add(v);

@@ -21,7 +21,7 @@ import {
 import { Dispi, Reg } from "../gpu/index.js";
 import type { Mpt } from "../hypervisor/mpt.js";
 import { PciDevice, RegisterFile, type RegionHandler } from "../pci/index.js";
-import { type Logger, RateLimitedLog } from "../vfio-user/log.js";
+import { type Logger, RateLimitedLog } from "../base/index.js";
 import { type Partition, ScanError, type ScanRejection, Scanner } from "./scanner.js";
 import type { VgpuType } from "./types.js";
 

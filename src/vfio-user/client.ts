@@ -23,7 +23,7 @@ import {
   commandName,
 } from "./constants.js";
 import { Errno, ProtocolError, VfioUserError, invalid } from "./errors.js";
-import { type Logger, RateLimitedLog, defaultLogger } from "./log.js";
+import { type Logger, RateLimitedLog, defaultLogger } from "../base/index.js";
 import {
   DEVICE_INFO_SIZE,
   DMA_BITMAP_SIZE,

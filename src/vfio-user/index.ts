@@ -7,4 +7,4 @@ export { Connection, Message, type ConnectionOptions } from "./connection.js";
 export type { DeviceSession, FeatureResult, RegionDescription, VfioDevice } from "./device.js";
 export { Server, ServerStats, type ServerOptions } from "./server.js";
 export { Client, type ClientMemory, type ClientOptions, type RegionInfoWithFd } from "./client.js";
-export { type Logger, defaultLogger } from "./log.js";
+export { type Logger, defaultLogger } from "../base/index.js";

@@ -44,7 +44,7 @@ import {
 } from "./constants.js";
 import type { DeviceSession, VfioDevice } from "./device.js";
 import { Errno, ProtocolError, VfioUserError, invalid } from "./errors.js";
-import { type Logger, RateLimitedLog, defaultLogger } from "./log.js";
+import { type Logger, RateLimitedLog, defaultLogger } from "../base/index.js";
 import {
   DEVICE_INFO_SIZE,
   FEATURE_HEADER_SIZE,

@@ -27,7 +27,7 @@ import {
   xyColorBlt,
 } from "../../src/gpu/index.js";
 import { GuestDriver, GuestDriverError } from "../../src/guest/index.js";
-import { ClientBus } from "../../src/hypervisor/client-bus.js";
+import { ClientBus } from "../../src/vmm/client-bus.js";
 import { Client } from "../../src/vfio-user/index.js";
 import { Mapping, closeFd, createMemfd } from "../../src/sys/index.js";
 import { ServeProcess } from "../support/serve-process.js";

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps, pngToFrame } from "../../src/gpu/index.js";
 import { GuestDriver } from "../../src/guest/index.js";
-import { type MemoryModel, SimVm } from "../../src/hypervisor/sim/vm.js";
+import { type MemoryModel, SimVm } from "../../src/vmm/sim/vm.js";
 import { ServeProcess } from "../support/serve-process.js";
 
 const quiet = { error() {}, warn() {}, info() {}, debug() {} };
