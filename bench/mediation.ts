@@ -6,6 +6,7 @@
  * of GPU work natively, the same count both ways. Also: the trap round trip of
  * a BAR2 register read, the GTT update rate and the command-scan rate.
  */
+import { encodeOps, gttEntry } from "../src/abi/index.js";
 import {
   GraphicsMemory,
   Gtt,
@@ -13,8 +14,6 @@ import {
   NativeDriver,
   SoftwareGpu,
   desktopFrame,
-  encodeOps,
-  gttEntry,
   workloadSuite,
 } from "../src/gpu/index.js";
 import { GuestDriver } from "../src/guest/index.js";

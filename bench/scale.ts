@@ -6,7 +6,8 @@
  * same frames, same work per submission); each vGPU's share of engine time is
  * compared with its weight's share.
  */
-import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps } from "../src/gpu/index.js";
+import { encodeOps } from "../src/abi/index.js";
+import { NativeDriver, SoftwareGpu, desktopFrame } from "../src/gpu/index.js";
 import { runVms } from "../src/vmm/sim/run.js";
 import { DaemonProcess } from "../src/manager/process.js";
 import type { BenchFigure, BenchReport } from "./report.js";

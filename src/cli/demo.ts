@@ -8,7 +8,8 @@
  */
 import { mkdirSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps, pngToFrame } from "../gpu/index.js";
+import { encodeOps } from "../abi/index.js";
+import { NativeDriver, SoftwareGpu, desktopFrame, pngToFrame } from "../gpu/index.js";
 import { runVms } from "../vmm/sim/run.js";
 import type { MemoryModel } from "../vmm/sim/vm.js";
 import { defaultTypes } from "../mediator/types.js";

@@ -4,7 +4,7 @@
  * byte-order extension, scan-out from local memory to RGBA, and vblank.
  */
 import { PNG } from "pngjs";
-import { DISPI_ID5, Dispi, DispiEnable, QEXT_BIG_ENDIAN, QEXT_LITTLE_ENDIAN } from "./registers.js";
+import { DISPI_ID5, Dispi, DispiEnable, QEXT_BIG_ENDIAN, QEXT_LITTLE_ENDIAN } from "../abi/index.js";
 
 export interface DisplayLimits {
   readonly maxWidth: number;

@@ -12,25 +12,29 @@
  */
 import {
   BB_SECOND_LEVEL,
-  BLT_DEPTH_32,
   BltOp,
   CLIENT_2D,
   CLIENT_MI,
+  CommandCheck,
+  EngineError,
+  EngineStatus,
   FLUSH_NOTIFY,
   FLUSH_POST_SYNC_WRITE,
+  GPR_COUNT,
+  Irq,
+  MAX_COMMAND_DWORDS,
   MiOp,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
+  RingCtl,
   bltOpcode,
+  checkCommand,
   client,
   commandLength,
+  decodeCommand,
+  gprIndex,
   miOpcode,
-} from "./commands.js";
+} from "../abi/index.js";
 import type { InterruptController } from "./interrupts.js";
 import { type GraphicsMemory, GttFault } from "./memory.js";
-import { EngineError, EngineStatus, GPR_COUNT, Irq, Reg, RingCtl } from "./registers.js";
-
-const MAX_COMMAND_DWORDS = 64;
 
 export interface EngineStats {
   commands: number;
@@ -130,8 +134,9 @@ export class RenderEngine {
     let length: number;
     try {
       const dw0 = this.fetch(fromRing, 0);
-      const len = commandLength(dw0);
-      if (len === undefined) return this.fail(EngineError.UNKNOWN_COMMAND, address);
+      const spec = decodeCommand(dw0);
+      if (spec === undefined) return this.fail(EngineError.UNKNOWN_COMMAND, address);
+      const len = commandLength(spec, dw0);
       if (len > MAX_COMMAND_DWORDS) return this.fail(EngineError.BAD_COMMAND, address);
       if (fromRing) {
         const available = (this.ringTail - this.ringHead + this.ringSize) % this.ringSize;
@@ -139,6 +144,13 @@ export class RenderEngine {
       }
       this.cmd[0] = dw0;
       for (let i = 1; i < len; i++) this.cmd[i] = this.fetch(fromRing, i);
+      // Lengths and fields as the command table defines them (the scanner checks the same).
+      const check = checkCommand(spec, this.cmd, len);
+      if (check !== CommandCheck.OK)
+        return this.fail(
+          check === CommandCheck.BAD_REGISTER ? EngineError.BAD_REGISTER : EngineError.BAD_COMMAND,
+          address,
+        );
       length = len;
     } catch (e) {
       if (e instanceof GttFault) return this.fail(EngineError.GTT_FAULT, e.gma);
@@ -180,28 +192,18 @@ export class RenderEngine {
           }
           return true;
         case MiOp.STORE_DATA_IMM: {
-          if (length !== 4 && length !== 5) return this.fail(EngineError.BAD_COMMAND, address);
           const target = c[1]! + c[2]! * 0x100000000;
-          if (target % 4 !== 0) return this.fail(EngineError.BAD_COMMAND, address);
           this.memory.write32(target, c[3]!);
           if (length === 5) this.memory.write32(target + 4, c[4]!);
           return true;
         }
         case MiOp.LOAD_REGISTER_IMM: {
-          if (length % 2 === 0) return this.fail(EngineError.BAD_COMMAND, address);
-          for (let i = 1; i < length; i += 2) {
-            const reg = c[i]!;
-            const n = (reg - Reg.GPR0) / 4;
-            if (!Number.isInteger(n) || n < 0 || n >= GPR_COUNT)
-              return this.fail(EngineError.BAD_REGISTER, address);
-            this.gpr[n] = c[i + 1]!;
-          }
+          for (let i = 1; i < length; i += 2) this.gpr[gprIndex(c[i]!)] = c[i + 1]!;
           return true;
         }
         case MiOp.FLUSH_DW: {
-          if (length !== 4 && length !== 5) return this.fail(EngineError.BAD_COMMAND, address);
           if (dw0 & FLUSH_POST_SYNC_WRITE) {
-            const target = (c[1]! & ~7) + c[2]! * 0x100000000;
+            const target = ((c[1]! & ~7) >>> 0) + c[2]! * 0x100000000;
             this.memory.write32(target, c[3]!);
             if (length === 5) this.memory.write32(target + 4, c[4]!);
           }
@@ -209,9 +211,7 @@ export class RenderEngine {
           return true;
         }
         case MiOp.BATCH_BUFFER_START: {
-          if (length !== 3) return this.fail(EngineError.BAD_COMMAND, address);
           const target = c[1]! + c[2]! * 0x100000000;
-          if (target % 4 !== 0) return this.fail(EngineError.BAD_COMMAND, address);
           const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
           if (this.level === 0) {
             this.level = 1; // from the ring: a first-level batch, returns to the ring
@@ -229,19 +229,16 @@ export class RenderEngine {
     }
     if (client(dw0) === CLIENT_2D) {
       const op = bltOpcode(dw0);
-      if (op === BltOp.XY_COLOR_BLT && length === 7) return this.colorBlt(address);
-      if (op === BltOp.XY_SRC_COPY_BLT && length === 10) return this.srcCopyBlt(address);
+      if (op === BltOp.XY_COLOR_BLT) return this.colorBlt();
+      if (op === BltOp.XY_SRC_COPY_BLT) return this.srcCopyBlt();
       return this.fail(EngineError.BAD_COMMAND, address);
     }
     return this.fail(EngineError.UNKNOWN_COMMAND, address);
   }
 
-  private colorBlt(address: number): boolean {
+  private colorBlt(): boolean {
     const c = this.cmd;
-    if ((c[1]! & (3 << 24)) !== BLT_DEPTH_32 || ((c[1]! >>> 16) & 0xff) !== ROP_PATCOPY)
-      return this.fail(EngineError.BAD_COMMAND, address);
     const pitch = c[1]! & 0xffff;
-    if (pitch === 0 || pitch % 4 !== 0) return this.fail(EngineError.BAD_COMMAND, address);
     // Coordinates are signed 16-bit; x2/y2 exclusive; clipped to the surface.
     const x1 = Math.max(0, s16(c[2]!)),
       y1 = Math.max(0, s16(c[2]! >>> 16));
@@ -262,14 +259,10 @@ export class RenderEngine {
     return true;
   }
 
-  private srcCopyBlt(address: number): boolean {
+  private srcCopyBlt(): boolean {
     const c = this.cmd;
-    if ((c[1]! & (3 << 24)) !== BLT_DEPTH_32 || ((c[1]! >>> 16) & 0xff) !== ROP_SRCCOPY)
-      return this.fail(EngineError.BAD_COMMAND, address);
     const dstPitch = c[1]! & 0xffff;
     const srcPitch = c[7]! & 0xffff;
-    if (dstPitch === 0 || dstPitch % 4 || srcPitch === 0 || srcPitch % 4)
-      return this.fail(EngineError.BAD_COMMAND, address);
     let dx1 = s16(c[2]!),
       dy1 = s16(c[2]! >>> 16);
     let dx2 = s16(c[3]!);

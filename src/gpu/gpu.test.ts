@@ -4,34 +4,36 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  DESKTOP,
   Dispi,
   EngineError,
-  EngineFault,
   EngineStatus,
   Irq,
   MI_BATCH_BUFFER_END,
   MI_NOOP,
   MI_USER_INTERRUPT,
-  NativeDriver,
   PAGE_SIZE,
-  Reg,
   RingCtl,
-  SoftwareGpu,
   type BlitOp,
   type Surface,
-  desktopFrame,
   encodeOps,
   gttEntry,
   miBatchBufferStart,
   miFlushDw,
   miLoadRegisterImm,
   miStoreDataImm,
+  xyColorBlt,
+  xySrcCopyBlt,
+} from "../abi/index.js";
+import {
+  DESKTOP,
+  EngineFault,
+  NativeDriver,
+  Reg,
+  SoftwareGpu,
+  desktopFrame,
   overlappingCopy,
   pngToFrame,
   prng,
-  xyColorBlt,
-  xySrcCopyBlt,
 } from "./index.js";
 
 const MiB = 1 << 20;

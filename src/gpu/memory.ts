@@ -5,18 +5,8 @@
  * The engine reaches memory only through `GraphicsMemory`, which translates in
  * contiguous runs so fills and copies stay on TypedArray fill/copyWithin.
  */
+import { GTT_SYSTEM, GTT_VALID, PAGE_SHIFT, PAGE_SIZE } from "../abi/index.js";
 import { Mapping, closeFd, createMemfd } from "../sys/index.js";
-
-export const PAGE_SIZE = 4096;
-const PAGE_SHIFT = 12;
-
-/** GTT entry bits: valid, target is system memory (else local), page address in bits 12..63. */
-export const GTT_VALID = 1;
-export const GTT_SYSTEM = 2;
-
-export function gttEntry(kind: "local" | "system", address: number | bigint): bigint {
-  return (BigInt(address) & ~0xfffn) | BigInt(GTT_VALID) | (kind === "system" ? BigInt(GTT_SYSTEM) : 0n);
-}
 
 export class LocalMemory {
   readonly fd: number;

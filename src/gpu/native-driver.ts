@@ -3,11 +3,21 @@
  * buffers and the display directly, with no mediation. It is the baseline that
  * every mediated figure is compared with.
  */
-import { MI_BATCH_BUFFER_END, miBatchBufferStart } from "./commands.js";
-import { PAGE_SIZE, gttEntry } from "./memory.js";
+import {
+  Dispi,
+  DispiEnable,
+  EngineError,
+  MI_BATCH_BUFFER_END,
+  PAGE_SIZE,
+  RingCtl,
+  type Surface,
+  type Workload,
+  encodeOps,
+  gttEntry,
+  miBatchBufferStart,
+} from "../abi/index.js";
 import type { ParentGpu } from "./parent-gpu.js";
-import { Dispi, DispiEnable, EngineError, Reg, RingCtl } from "./registers.js";
-import { type Surface, type Workload, encodeOps } from "./workloads.js";
+import { Reg } from "./registers.js";
 
 export class EngineFault extends Error {
   constructor(

@@ -3,11 +3,12 @@
  * engine and interrupts behind one MMIO register space. `ParentGpu` is what
  * the mediator programs; `SoftwareGpu` is the implementation on this machine.
  */
+import { Dispi, Irq, PAGE_SIZE, QEXT_BLOCK_SIZE, gprIndex } from "../abi/index.js";
 import { DisplayEngine, type Frame, frameToPng } from "./display.js";
 import { RenderEngine } from "./engine.js";
 import { InterruptController } from "./interrupts.js";
-import { GraphicsMemory, Gtt, LocalMemory, PAGE_SIZE, type SystemMemory } from "./memory.js";
-import { Dispi, GPR_COUNT, GPU_ID_VALUE, Irq, Reg } from "./registers.js";
+import { GraphicsMemory, Gtt, LocalMemory, type SystemMemory } from "./memory.js";
+import { GPU_ID_VALUE, Reg } from "./registers.js";
 
 export interface ParentGpuOptions {
   /** Local memory (VRAM) bytes; default 512 MiB: 16 vGPUs of the smallest type, plus the host's share. */
@@ -75,8 +76,8 @@ export class SoftwareGpu implements ParentGpu {
     if (offset >= Reg.DISPI && offset < Reg.DISPI + Dispi.COUNT * 2)
       return this.display.readDispi((offset - Reg.DISPI) >> 1);
     const e = this.engine;
-    const gpr = (offset - Reg.GPR0) / 4;
-    if (Number.isInteger(gpr) && gpr >= 0 && gpr < GPR_COUNT) return e.gpr[gpr]!;
+    const gpr = gprIndex(offset);
+    if (gpr >= 0) return e.gpr[gpr]!;
     if (offset >= Reg.GTT_BASE && offset < Reg.GTT_BASE + this.gtt.entries * 8) {
       const i = (offset - Reg.GTT_BASE) >> 3;
       return offset & 4 ? this.gtt.hi[i]! : this.gtt.lo[i]!;
@@ -108,7 +109,7 @@ export class SoftwareGpu implements ParentGpu {
         v = this.interrupts.ier;
         break;
       case Reg.QEXT_SIZE:
-        v = 8;
+        v = QEXT_BLOCK_SIZE;
         break;
       case Reg.QEXT_BYTEORDER:
         v = this.display.readByteOrder();

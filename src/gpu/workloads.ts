@@ -1,42 +1,9 @@
 /**
- * The fixed workload suite, defined once as blit operations on named surfaces,
- * so the native driver and a guest driver behind a vGPU run the very same work
- * and their figures can be compared as a ratio.
+ * The fixed workload suite, defined once as blit operations on named surfaces
+ * (abi/blit-ops), so the native driver and a guest driver behind a vGPU run the
+ * very same work and their figures can be compared as a ratio.
  */
-import { type Rect, xyColorBlt, xySrcCopyBlt } from "./commands.js";
-
-export interface Surface {
-  /** Graphics address of pixel (0, 0). */
-  readonly gma: number;
-  readonly width: number;
-  readonly height: number;
-  /** Bytes per line (32 bpp). */
-  readonly pitch: number;
-}
-
-export type BlitOp =
-  | { readonly kind: "fill"; readonly dst: string; readonly rect: Rect; readonly color: number }
-  | {
-      readonly kind: "copy";
-      readonly src: string;
-      readonly dst: string;
-      readonly srcX: number;
-      readonly srcY: number;
-      readonly rect: Rect;
-    };
-
-export interface Workload {
-  readonly name: string;
-  /** Surfaces it needs, by name (width × height pixels, 32 bpp). */
-  readonly surfaces: Readonly<Record<string, { readonly width: number; readonly height: number }>>;
-  /** Operations to prepare the surfaces (not timed), then the measured ones. */
-  readonly setup: readonly BlitOp[];
-  readonly ops: readonly BlitOp[];
-  /** Bytes the measured ops write (for GB/s). */
-  readonly bytes: number;
-  /** The surface that holds the result (shown on the display for frames). */
-  readonly output: string;
-}
+import type { BlitOp, Workload } from "../abi/index.js";
 
 /** A small deterministic PRNG (mulberry32), so workloads are identical everywhere. */
 export function prng(seed: number): () => number {
@@ -47,27 +14,6 @@ export function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-/** Encodes ops as XY blit commands against the given surface addresses. */
-export function encodeOps(ops: readonly BlitOp[], surfaces: Readonly<Record<string, Surface>>): number[] {
-  const out: number[] = [];
-  const get = (name: string) => {
-    const s = surfaces[name];
-    if (!s) throw new Error(`no surface ${name}`);
-    return s;
-  };
-  for (const op of ops) {
-    if (op.kind === "fill") {
-      const d = get(op.dst);
-      out.push(...xyColorBlt(d.gma, d.pitch, op.rect, op.color));
-    } else {
-      const d = get(op.dst);
-      const s = get(op.src);
-      out.push(...xySrcCopyBlt(d.gma, d.pitch, op.rect, s.gma, s.pitch, op.srcX, op.srcY));
-    }
-  }
-  return out;
 }
 
 const LINE = 1024; // pixels per line of the linear test surfaces: 4 KiB

@@ -7,37 +7,36 @@
  * simulated VMs over a PciBus.
  */
 import {
+  Bar2,
   Dispi,
   DispiEnable,
-  GTT_VALID,
+  ENGINE_RESET_BIT,
+  GTT_ENTRY_BYTES,
+  EngineStatus,
+  Irq,
   MI_BATCH_BUFFER_END,
   MI_USER_INTERRUPT,
   PAGE_SIZE,
+  PV_MAGIC,
+  PciIdentity,
+  PvInfo,
   RingCtl,
   type Surface,
+  VgpuBar,
   type Workload,
   encodeOps,
+  gttDwords,
   miBatchBufferStart,
-} from "../gpu/index.js";
+} from "../abi/index.js";
 import type { PciBus } from "./bus.js";
 
-// The vGPU's BAR2 layout and PV block, as a guest driver writes them down (see the mediator's VReg).
-const DISPI = 0x500;
-const PV = 0x800;
-const RING_START = 0x2000,
-  RING_HEAD = 0x2004,
-  RING_TAIL = 0x2008,
-  RING_CTL = 0x200c,
-  ENGINE_STATUS = 0x2010,
-  ENGINE_ERROR = 0x2014,
-  ENGINE_RESET = 0x201c;
-const IMR = 0x3004,
-  IIR = 0x3008,
-  IER = 0x300c;
-const PV_MAGIC = 0x5650474d;
-const IRQ_USER = 1,
-  IRQ_ERROR = 4,
-  IRQ_IDLE = 32;
+const MMIO = VgpuBar.MMIO;
+// The PCI header fields a driver touches (PCI Local Bus spec, type-0 header).
+const PCI_COMMAND = 0x04;
+const COMMAND_MEMORY_MASTER = 0x0006;
+const barRegister = (bar: number) => 0x10 + bar * 4;
+/** IIR is write-1-to-clear: acknowledge everything latched. */
+const ALL_INTERRUPTS = 0xffffffff;
 
 const Guest = {
   /** A command stream `times` over, in one array. */
@@ -92,34 +91,36 @@ export class GuestDriver {
   init(barBase = 0xe0000000, options: { systemBatch?: { gpa: number; bytes: Uint8Array } } = {}): void {
     const b = this.bus;
     const id = b.configRead(0, 4);
-    if (id !== 0x11111234) throw new GuestDriverError("ENODEV", `not a vGPU: ${id.toString(16)}`);
+    if (id !== ((PciIdentity.DEVICE_ID << 16) | PciIdentity.VENDOR_ID) >>> 0)
+      throw new GuestDriverError("ENODEV", `not a vGPU: ${id.toString(16)}`);
     // Place the BARs (sizes come from the all-ones probe), then decode memory and master.
     const size = (bar: number) => {
-      const at = 0x10 + bar * 4;
+      const at = barRegister(bar);
       b.configWrite(at, 4, 0xffffffff);
       const mask = b.configRead(at, 4) & ~0xf;
       return (~mask + 1) >>> 0;
     };
-    const bar0 = size(0);
-    const bar2 = size(2);
-    b.configWrite(0x10, 4, barBase);
-    b.configWrite(0x18, 4, barBase + bar0);
+    const bar0 = size(VgpuBar.LOCAL_MEMORY);
+    const bar2 = size(VgpuBar.MMIO);
+    b.configWrite(barRegister(VgpuBar.LOCAL_MEMORY), 4, barBase);
+    b.configWrite(barRegister(VgpuBar.MMIO), 4, barBase + bar0);
     if (bar2 === 0) throw new GuestDriverError("ENODEV", "no MMIO BAR");
-    b.configWrite(0x04, 2, 0x0006);
-    if (b.mmioRead(2, PV, 4) !== PV_MAGIC) throw new GuestDriverError("ENODEV", "no paravirtual info block");
-    const pv = (o: number) => b.mmioRead(2, PV + o, 4);
+    b.configWrite(PCI_COMMAND, 2, COMMAND_MEMORY_MASTER);
+    if (b.mmioRead(MMIO, Bar2.PV_INFO + PvInfo.MAGIC, 4) !== PV_MAGIC)
+      throw new GuestDriverError("ENODEV", "no paravirtual info block");
+    const pv = (o: number) => b.mmioRead(MMIO, Bar2.PV_INFO + o, 4);
     this.partition = {
-      lmBase: pv(0x08) + pv(0x0c) * 0x100000000,
-      lmSize: pv(0x10),
-      gmBase: pv(0x14),
-      gmSize: pv(0x18),
-      gttOffset: pv(0x1c),
-      maxWidth: pv(0x24),
-      maxHeight: pv(0x28),
+      lmBase: pv(PvInfo.LM_BASE_LO) + pv(PvInfo.LM_BASE_HI) * 0x100000000,
+      lmSize: pv(PvInfo.LM_SIZE),
+      gmBase: pv(PvInfo.GM_BASE),
+      gmSize: pv(PvInfo.GM_SIZE),
+      gttOffset: pv(PvInfo.GTT_OFFSET),
+      maxWidth: pv(PvInfo.MAX_WIDTH),
+      maxHeight: pv(PvInfo.MAX_HEIGHT),
     };
     if (bar0 !== this.partition.lmSize)
       throw new GuestDriverError("ENODEV", "BAR0 does not match the PV block");
-    this.fb = b.barMemory(0);
+    this.fb = b.barMemory(VgpuBar.LOCAL_MEMORY);
     this.next = 0;
     this.mapped = 0;
     this.ringGma = this.alloc(this.ringBytes);
@@ -137,12 +138,12 @@ export class GuestDriver {
     } else {
       this.batchGma = this.alloc(this.batchBytes);
     }
-    b.mmioWrite(2, RING_CTL, 4, 0);
-    b.mmioWrite(2, RING_START, 4, this.ringGma);
-    b.mmioWrite(2, RING_CTL, 4, RingCtl.encode(this.ringBytes / PAGE_SIZE));
+    b.mmioWrite(MMIO, Bar2.RING_CTL, 4, 0);
+    b.mmioWrite(MMIO, Bar2.RING_START, 4, this.ringGma);
+    b.mmioWrite(MMIO, Bar2.RING_CTL, 4, RingCtl.encode(this.ringBytes / PAGE_SIZE));
     this.tail = 0;
-    b.mmioWrite(2, IMR, 4, 0);
-    b.mmioWrite(2, IER, 4, IRQ_USER | IRQ_ERROR | IRQ_IDLE);
+    b.mmioWrite(MMIO, Bar2.IMR, 4, 0);
+    b.mmioWrite(MMIO, Bar2.IER, 4, Irq.USER | Irq.ENGINE_ERROR | Irq.IDLE);
   }
 
   /** GTT pages mapped so far: GMA base+x ↔ local memory lmBase+x (BAR0 offset x), as allocations need them. */
@@ -154,9 +155,10 @@ export class GuestDriver {
   }
 
   writeGtt(index: number, address: number, system: boolean): void {
-    const lo = ((address & 0xfffff000) | GTT_VALID | (system ? 2 : 0)) >>> 0;
-    this.bus.mmioWrite(2, this.partition.gttOffset + index * 8 + 4, 4, Math.floor(address / 0x100000000));
-    this.bus.mmioWrite(2, this.partition.gttOffset + index * 8, 4, lo);
+    // High dword first: the entry takes effect when its low dword is written.
+    const { lo, hi } = gttDwords(system ? "system" : "local", address);
+    this.bus.mmioWrite(MMIO, this.partition.gttOffset + index * GTT_ENTRY_BYTES + 4, 4, hi);
+    this.bus.mmioWrite(MMIO, this.partition.gttOffset + index * GTT_ENTRY_BYTES, 4, lo);
   }
 
   /** Graphics memory inside our mapped local memory; returns its GMA. Offset 0 is the scan-out surface's. */
@@ -187,7 +189,9 @@ export class GuestDriver {
     if (this.fb) {
       const v = new Uint32Array(this.fb.buffer, this.fb.byteOffset + offset, words.length);
       v.set(words);
-    } else for (let i = 0; i < words.length; i++) this.bus.mmioWrite(0, offset + i * 4, 4, words[i]!);
+    } else
+      for (let i = 0; i < words.length; i++)
+        this.bus.mmioWrite(VgpuBar.LOCAL_MEMORY, offset + i * 4, 4, words[i]!);
   }
 
   /** Puts dwords in the ring and moves the tail (the one trapped write of a submission). */
@@ -198,7 +202,7 @@ export class GuestDriver {
     this.writeMemory(this.ringGma + this.tail, dwords.slice(0, first));
     if (first < dwords.length) this.writeMemory(this.ringGma, dwords.slice(first));
     this.tail = (this.tail + dwords.length * 4) % this.ringBytes;
-    this.bus.mmioWrite(2, RING_TAIL, 4, this.tail);
+    this.bus.mmioWrite(MMIO, Bar2.RING_TAIL, 4, this.tail);
   }
 
   /** Frames in flight: which batch slot each used and the ring tail that completes it. */
@@ -237,15 +241,15 @@ export class GuestDriver {
   private reap(timeoutMs: number): void {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const status = this.bus.mmioRead(2, ENGINE_STATUS, 4);
-      if (status & 2) {
+      const status = this.bus.mmioRead(MMIO, Bar2.ENGINE_STATUS, 4);
+      if (status & EngineStatus.ERROR) {
         this.inFlight.length = 0;
         throw new GuestDriverError(
           "EIO",
-          `engine error 0x${this.bus.mmioRead(2, ENGINE_ERROR, 4).toString(16)}`,
+          `engine error 0x${this.bus.mmioRead(MMIO, Bar2.ENGINE_ERROR, 4).toString(16)}`,
         );
       }
-      const head = this.bus.mmioRead(2, RING_HEAD, 4);
+      const head = this.bus.mmioRead(MMIO, Bar2.RING_HEAD, 4);
       const done = this.inFlight.findIndex((f) => f.tail === head);
       if (done >= 0) {
         this.inFlight.splice(0, done + 1);
@@ -255,7 +259,7 @@ export class GuestDriver {
       if (Date.now() > deadline) throw new GuestDriverError("ETIMEDOUT", "frames did not complete");
       if (this.bus.waitInterrupt(Math.max(1, deadline - Date.now()))) {
         this.interrupts++;
-        this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+        this.bus.mmioWrite(MMIO, Bar2.IIR, 4, ALL_INTERRUPTS);
       }
     }
   }
@@ -274,21 +278,21 @@ export class GuestDriver {
   wait(timeoutMs = 10_000): void {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const status = this.bus.mmioRead(2, ENGINE_STATUS, 4);
-      if (status & 2) {
-        const error = this.bus.mmioRead(2, ENGINE_ERROR, 4);
+      const status = this.bus.mmioRead(MMIO, Bar2.ENGINE_STATUS, 4);
+      if (status & EngineStatus.ERROR) {
+        const error = this.bus.mmioRead(MMIO, Bar2.ENGINE_ERROR, 4);
         throw new GuestDriverError("EIO", `engine error 0x${error.toString(16)}`);
       }
-      if (status & 1 && this.bus.mmioRead(2, RING_HEAD, 4) === this.tail) {
+      if (status & EngineStatus.IDLE && this.bus.mmioRead(MMIO, Bar2.RING_HEAD, 4) === this.tail) {
         // Acknowledge the completion interrupt that came with it.
         if (this.bus.waitInterrupt(0)) this.interrupts++;
-        this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+        this.bus.mmioWrite(MMIO, Bar2.IIR, 4, ALL_INTERRUPTS);
         break;
       }
       if (Date.now() > deadline) throw new GuestDriverError("ETIMEDOUT", "engine did not finish");
       if (this.bus.waitInterrupt(Math.max(1, deadline - Date.now()))) {
         this.interrupts++;
-        this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
+        this.bus.mmioWrite(MMIO, Bar2.IIR, 4, ALL_INTERRUPTS);
       }
     }
   }
@@ -296,9 +300,9 @@ export class GuestDriver {
   /** After an error: reset our (virtual) engine and start the ring over. */
   recover(): void {
     this.inFlight.length = 0;
-    this.bus.mmioWrite(2, ENGINE_RESET, 4, 1);
-    this.bus.mmioWrite(2, IIR, 4, 0xffffffff);
-    this.tail = this.bus.mmioRead(2, RING_TAIL, 4);
+    this.bus.mmioWrite(MMIO, Bar2.ENGINE_RESET, 4, ENGINE_RESET_BIT);
+    this.bus.mmioWrite(MMIO, Bar2.IIR, 4, ALL_INTERRUPTS);
+    this.tail = this.bus.mmioRead(MMIO, Bar2.RING_TAIL, 4);
   }
 
   /** Allocates a workload's surfaces (the output at the scan-out position) and runs its setup. */
@@ -344,7 +348,7 @@ export class GuestDriver {
 
   /** Mode set through DISPI: 32 bpp; the visible image starts at the scan-out surface. */
   modeSet(surface: Surface): void {
-    const dispi = (i: number, v: number) => this.bus.mmioWrite(2, DISPI + i * 2, 2, v);
+    const dispi = (i: number, v: number) => this.bus.mmioWrite(MMIO, Bar2.DISPI + i * 2, 2, v);
     const offset = surface.gma - this.partition.gmBase;
     dispi(Dispi.ENABLE, 0);
     dispi(Dispi.BPP, 32);

@@ -1,17 +1,27 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  GraphicsMemory,
-  Gtt,
-  LocalMemory,
+  EngineError,
+  EngineReg,
   MI_BATCH_BUFFER_END,
   MI_NOOP,
   MI_USER_INTERRUPT,
-  SoftwareGpu,
+  type ScanRejection,
   gttEntry,
   miBatchBufferStart,
+  miLoadRegisterImm,
   miStoreDataImm,
   xyColorBlt,
+  xySrcCopyBlt,
+} from "../abi/index.js";
+import {
+  EngineFault,
+  GraphicsMemory,
+  Gtt,
+  LocalMemory,
+  NativeDriver,
+  Reg,
+  SoftwareGpu,
 } from "../gpu/index.js";
 import { GuestDriver } from "../guest/index.js";
 import { DirectBus } from "../../test/support/direct-bus.js";
@@ -111,4 +121,57 @@ test("the scanner flattens ring, chained and nested batches into exactly the com
     (e: unknown) => e instanceof ScanError && e.reason === "address-outside-partition",
   );
   local.close();
+});
+
+test("the engine and the scanner refuse the same malformed commands (one command table)", () => {
+  const rect = { x: 0, y: 0, width: 8, height: 8 };
+  const fill = xyColorBlt(0x10000, 4096, rect, 1);
+  const copy = xySrcCopyBlt(0x10000, 4096, rect, 0x20000, 4096, 0, 0);
+  const malformed: [string, number[], ScanRejection, number][] = [
+    ["misaligned store", miStoreDataImm(0x30002, 1), "malformed-command", EngineError.BAD_COMMAND],
+    [
+      "store too long",
+      [miStoreDataImm(0, 0)[0]! + 2, 0x30000, 0, 1, 2, 3],
+      "malformed-command",
+      EngineError.BAD_COMMAND,
+    ],
+    [
+      "fill with pitch 0",
+      [fill[0]!, fill[1]! & ~0xffff, ...fill.slice(2)],
+      "malformed-command",
+      EngineError.BAD_COMMAND,
+    ],
+    [
+      "fill with the copy ROP",
+      [fill[0]!, (fill[1]! & ~0xff0000) | (0xcc << 16), ...fill.slice(2)],
+      "malformed-command",
+      EngineError.BAD_COMMAND,
+    ],
+    [
+      "copy with source pitch 2",
+      [...copy.slice(0, 7), 2, ...copy.slice(8)],
+      "malformed-command",
+      EngineError.BAD_COMMAND,
+    ],
+    [
+      "register outside the GPRs",
+      miLoadRegisterImm([[EngineReg.RING_TAIL, 0]]),
+      "register-not-allowed",
+      EngineError.BAD_REGISTER,
+    ],
+    ["batch start misaligned", miBatchBufferStart(0x30002), "malformed-command", EngineError.BAD_COMMAND],
+  ];
+  for (const [what, dwords, reason, engineError] of malformed) {
+    const gpu = new SoftwareGpu({ localMemorySize: 1 << 20, gttEntries: 256 });
+    const drv = new NativeDriver(gpu, { batchBytes: 64 << 10 });
+    const scanner = new Scanner(gpu.memory, { base: 0, size: 1 << 20 });
+    assert.throws(() => drv.submit(dwords), EngineFault, what);
+    assert.equal(gpu.mmioRead(Reg.ENGINE_ERROR), engineError, what);
+    assert.throws(
+      () => scanner.scanRing(drv.ringGma, drv.ringBytes, 0, dwords.length * 4),
+      (e: unknown) => e instanceof ScanError && e.reason === reason,
+      what,
+    );
+    gpu.close();
+  }
 });

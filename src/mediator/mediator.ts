@@ -5,7 +5,8 @@
  * vGPU through the hypervisor backend. A failed create leaves nothing allocated.
  */
 import { randomUUID } from "node:crypto";
-import { PAGE_SIZE, type ParentGpu, SoftwareGpu } from "../gpu/index.js";
+import { PAGE_SIZE } from "../abi/index.js";
+import { type ParentGpu, SoftwareGpu } from "../gpu/index.js";
 import type { MptFactory } from "../hypervisor/mpt.js";
 import { type Logger, MgpuError, defaultLogger } from "../base/index.js";
 import { RangePool } from "./pool.js";

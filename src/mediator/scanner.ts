@@ -7,42 +7,37 @@
  * rejected with the address of the offending command.
  */
 import {
+  type AddressOperand,
   BB_SECOND_LEVEL,
-  BLT_DEPTH_32,
-  BltOp,
   CLIENT_2D,
   CLIENT_MI,
-  FLUSH_POST_SYNC_WRITE,
-  GPR_COUNT,
-  type GraphicsMemory,
-  GttFault,
-  MiOp,
-  ROP_PATCOPY,
-  ROP_SRCCOPY,
-  Reg,
-  bltOpcode,
+  CommandCheck,
+  Commands,
+  type CommandSpec,
+  MAX_COMMAND_DWORDS,
+  type ScanRejection,
+  address64,
+  bltPitch,
+  checkCommand,
   client,
   commandLength,
-  miOpcode,
-} from "../gpu/index.js";
+  coordX,
+  coordY,
+  decodeCommand,
+} from "../abi/index.js";
+import { MgpuError } from "../base/index.js";
+import { type GraphicsMemory, GttFault } from "../gpu/index.js";
 
-export type ScanRejection =
-  | "unknown-command"
-  | "privileged-command"
-  | "register-not-allowed"
-  | "address-outside-partition"
-  | "malformed-command"
-  | "runaway-batch"
-  | "batch-nesting"
-  | "gtt-fault";
+export type { ScanRejection } from "../abi/index.js";
 
-export class ScanError extends Error {
+/** A submission refused: `reason` is the guest-visible verdict, `address` the offending command's GMA. */
+export class ScanError extends MgpuError {
+  declare readonly code: "EREJECTED";
   constructor(
     readonly reason: ScanRejection,
     readonly address: number,
   ) {
-    super(`${reason} at 0x${address.toString(16)}`);
-    this.name = "ScanError";
+    super("EREJECTED", `${reason} at 0x${address.toString(16)}`);
   }
 }
 
@@ -68,7 +63,7 @@ export interface ScanResult {
 }
 
 export class Scanner {
-  private readonly cmd = new Uint32Array(64);
+  private readonly cmd = new Uint32Array(MAX_COMMAND_DWORDS);
 
   constructor(
     private readonly memory: GraphicsMemory,
@@ -94,8 +89,9 @@ export class Scanner {
         const address = fromRing ? start + pos : pc;
         if (!fromRing) this.checkRange(pc, 4, pc);
         const dw0 = this.memory.read32(address);
-        const len = commandLength(dw0);
-        if (len === undefined) throw new ScanError(this.unknownKind(dw0), address);
+        const spec = decodeCommand(dw0);
+        if (spec === undefined) throw new ScanError(this.unknownKind(dw0), address);
+        const len = commandLength(spec, dw0);
         if (len > this.cmd.length) throw new ScanError("malformed-command", address);
         if (fromRing) {
           const available = (tail - pos + size) % size;
@@ -109,11 +105,10 @@ export class Scanner {
         else pc += len * 4;
         if (++count > this.limits.maxCommands) throw new ScanError("runaway-batch", address);
         bytes += len * 4;
+        this.check(spec, len, address);
 
-        if (client(dw0) === CLIENT_MI && miOpcode(dw0) === MiOp.BATCH_BUFFER_START) {
-          if (len !== 3) throw new ScanError("malformed-command", address);
-          const target = this.cmd[1]! + this.cmd[2]! * 0x100000000;
-          if (target % 4) throw new ScanError("malformed-command", address);
+        if (spec === Commands.BATCH_BUFFER_START) {
+          const target = address64(this.cmd[1]!, this.cmd[2]!);
           this.checkRange(target, 4, address);
           if (++jumps > this.limits.maxBatchJumps) throw new ScanError("runaway-batch", address);
           const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
@@ -126,14 +121,13 @@ export class Scanner {
           pc = target;
           continue;
         }
-        if (client(dw0) === CLIENT_MI && miOpcode(dw0) === MiOp.BATCH_BUFFER_END) {
+        if (spec === Commands.BATCH_BUFFER_END) {
           if (level === 2) {
             level = 1;
             pc = returnPc;
           } else if (level === 1) level = 0;
           continue;
         }
-        this.check(len, address);
         if (n + len > out.length) {
           const grown = new Uint32Array(out.length * 2 + len);
           grown.set(out.subarray(0, n));
@@ -161,64 +155,37 @@ export class Scanner {
       throw new ScanError("address-outside-partition", at);
   }
 
-  private check(len: number, address: number): void {
+  /** The command table's rules, then every graphics address the command carries must be the vGPU's. */
+  private check(spec: CommandSpec, len: number, address: number): void {
+    if (spec.privileged) throw new ScanError("privileged-command", address);
+    const verdict = checkCommand(spec, this.cmd, len);
+    if (verdict === CommandCheck.BAD_REGISTER) throw new ScanError("register-not-allowed", address);
+    if (verdict !== CommandCheck.OK) throw new ScanError("malformed-command", address);
+    for (const operand of spec.addresses) this.checkOperand(operand, len, address);
+  }
+
+  private checkOperand(operand: AddressOperand, len: number, address: number): void {
     const c = this.cmd;
-    const dw0 = c[0]!;
-    if (client(dw0) === CLIENT_MI) {
-      switch (miOpcode(dw0)) {
-        case MiOp.NOOP:
-        case MiOp.USER_INTERRUPT:
-          return;
-        case MiOp.STORE_DATA_IMM: {
-          if (len !== 4 && len !== 5) throw new ScanError("malformed-command", address);
-          this.checkRange(c[1]! + c[2]! * 0x100000000, (len - 3) * 4, address);
-          return;
-        }
-        case MiOp.LOAD_REGISTER_IMM: {
-          if (len % 2 === 0) throw new ScanError("malformed-command", address);
-          for (let i = 1; i < len; i += 2) {
-            const n = (c[i]! - Reg.GPR0) / 4;
-            if (!Number.isInteger(n) || n < 0 || n >= GPR_COUNT)
-              throw new ScanError("register-not-allowed", address);
-          }
-          return;
-        }
-        case MiOp.FLUSH_DW: {
-          if (len !== 4 && len !== 5) throw new ScanError("malformed-command", address);
-          if (dw0 & FLUSH_POST_SYNC_WRITE)
-            this.checkRange((c[1]! & ~7) + c[2]! * 0x100000000, (len - 3) * 4, address);
-          return;
-        }
-      }
-      throw new ScanError("privileged-command", address);
-    }
-    if (client(dw0) === CLIENT_2D) {
-      const op = bltOpcode(dw0);
-      const rop = (c[1]! >>> 16) & 0xff;
-      const pitch = c[1]! & 0xffff;
-      if ((c[1]! & (3 << 24)) !== BLT_DEPTH_32 || pitch === 0 || pitch % 4)
-        throw new ScanError("malformed-command", address);
-      const y1 = Math.max(0, s16(c[2]! >>> 16));
-      const y2 = s16(c[3]! >>> 16);
-      if (op === BltOp.XY_COLOR_BLT && len === 7 && rop === ROP_PATCOPY) {
-        if (y2 > y1 && s16(c[3]!) > Math.max(0, s16(c[2]!)))
-          this.checkRows(c[4]! + c[5]! * 0x100000000, pitch, y1, y2, address);
+    const at = address64(c[operand.dword]!, c[operand.dword + 1]!);
+    switch (operand.kind) {
+      case "data":
+        if (operand.when === 0 || c[0]! & operand.when)
+          this.checkRange(at - (at % operand.align), (len - 3) * 4, address);
+        return;
+      case "batch":
+        return; // followed (and checked) by the scan loop
+      case "surface": {
+        // Blits clip to the surfaces' left/top edges and pitch; a blit empty after that touches nothing.
+        const topLeft = c[2]!;
+        const bottomRight = c[3]!;
+        const height = coordY(bottomRight) - coordY(topLeft);
+        if (coordY(bottomRight) <= Math.max(0, coordY(topLeft))) return;
+        if (coordX(bottomRight) <= Math.max(0, coordX(topLeft))) return;
+        const y = coordY(c[operand.originDword]!);
+        this.checkRows(at, bltPitch(c[operand.pitchDword]!), Math.max(0, y), y + height, address);
         return;
       }
-      if (op === BltOp.XY_SRC_COPY_BLT && len === 10 && rop === ROP_SRCCOPY) {
-        const srcPitch = c[7]! & 0xffff;
-        if (srcPitch === 0 || srcPitch % 4) throw new ScanError("malformed-command", address);
-        const h = y2 - s16(c[2]! >>> 16);
-        if (h > 0 && s16(c[3]!) > s16(c[2]!)) {
-          this.checkRows(c[4]! + c[5]! * 0x100000000, pitch, y1, y2, address);
-          const sy = s16(c[6]! >>> 16);
-          this.checkRows(c[8]! + c[9]! * 0x100000000, srcPitch, Math.max(0, sy), sy + h, address);
-        }
-        return;
-      }
-      throw new ScanError("malformed-command", address);
     }
-    throw new ScanError("unknown-command", address);
   }
 
   /** Whole rows [y1, y2) of a surface must lie in the partition (blits clip only horizontally). */
@@ -226,8 +193,4 @@ export class Scanner {
     if (y2 <= y1) return;
     this.checkRange(base + y1 * pitch, (y2 - y1) * pitch, address);
   }
-}
-
-function s16(v: number): number {
-  return (v << 16) >> 16;
 }

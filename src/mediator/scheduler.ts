@@ -6,16 +6,9 @@
  * its budget: the engine is reset and that vGPU gets a hang error, the others
  * carry on.
  */
-import {
-  EngineError,
-  Irq,
-  MI_BATCH_BUFFER_END,
-  NativeDriver,
-  type ParentGpu,
-  miBatchBufferStart,
-} from "../gpu/index.js";
+import { EngineError, Irq, MI_BATCH_BUFFER_END, miBatchBufferStart } from "../abi/index.js";
+import { NativeDriver, type ParentGpu } from "../gpu/index.js";
 import type { Vgpu, Workload } from "./vgpu.js";
-import { VIrq } from "./vgpu.js";
 
 export interface SchedulerOptions {
   /** Commands one workload may run before the watchdog preempts it. */
@@ -52,9 +45,7 @@ export class Scheduler {
       // Completions belong to whoever runs on the engine now.
       const v = this.current;
       if (!v) return;
-      let vbits = 0;
-      if (bits & Irq.USER) vbits |= VIrq.USER;
-      if (bits & Irq.FLUSH) vbits |= VIrq.FLUSH;
+      const vbits = bits & (Irq.USER | Irq.FLUSH);
       if (vbits) v.raise(vbits);
     };
   }

@@ -10,87 +10,36 @@
  * as virtual interrupts on its MSI.
  */
 import {
-  DisplayEngine,
-  type Frame,
+  Bar2,
+  BAR2_ENGINE_BLOCK_SIZE,
+  BAR2_SIZE,
+  ENGINE_RESET_BIT,
+  GTT_ADDRESS_MASK,
+  GTT_SYSTEM_ADDRESS_LIMIT,
+  Dispi,
+  EngineError,
   GTT_SYSTEM,
   GTT_VALID,
+  Irq,
   PAGE_SIZE,
-  type ParentGpu,
-  frameToPng,
-} from "../gpu/index.js";
-import { Dispi, Reg } from "../gpu/index.js";
+  PV_INFO_SIZE,
+  PV_MAGIC,
+  PV_VERSION,
+  PciIdentity,
+  PvInfo,
+  QEXT_BLOCK_SIZE,
+  RING_OFFSET_MASK,
+  RingCtl,
+  ScanRejectionCode,
+  VENDOR_CAPABILITY,
+  VgpuBar,
+} from "../abi/index.js";
+import { DisplayEngine, type Frame, type ParentGpu, frameToPng } from "../gpu/index.js";
 import type { Mpt } from "../hypervisor/mpt.js";
 import { PciDevice, RegisterFile, type RegionHandler } from "../pci/index.js";
 import { type Logger, RateLimitedLog } from "../base/index.js";
-import { type Partition, ScanError, type ScanRejection, Scanner } from "./scanner.js";
+import { type Partition, ScanError, Scanner } from "./scanner.js";
 import type { VgpuType } from "./types.js";
-
-export const BOCHS_VENDOR = 0x1234;
-export const BOCHS_DEVICE = 0x1111;
-export const BAR2_SIZE = 1 << 20;
-
-/** BAR2 layout. */
-export const VReg = {
-  EDID: 0x000,
-  VGA_IOPORTS: 0x400,
-  DISPI: 0x500,
-  QEXT_SIZE: 0x600,
-  QEXT_BYTEORDER: 0x604,
-  PV_INFO: 0x800,
-  // The virtual engine registers sit where the parent's do: a driver for one drives the other.
-  ENGINE: Reg.RING_START,
-  RING_START: Reg.RING_START,
-  RING_HEAD: Reg.RING_HEAD,
-  RING_TAIL: Reg.RING_TAIL,
-  RING_CTL: Reg.RING_CTL,
-  ENGINE_STATUS: Reg.ENGINE_STATUS,
-  ENGINE_ERROR: Reg.ENGINE_ERROR,
-  ENGINE_ERROR_ADDR: Reg.ENGINE_ERROR_ADDR,
-  ENGINE_RESET: Reg.ENGINE_RESET,
-  GPR0: Reg.GPR0,
-  ISR: 0x3000,
-  IMR: 0x3004,
-  IIR: 0x3008,
-  IER: 0x300c,
-  GTT: 0x80000,
-} as const;
-
-/** Paravirtual info block ("MGPV"): where the guest's own resources are. */
-export const PvInfo = {
-  MAGIC: 0x00, // "MGPV"
-  VERSION: 0x04,
-  LM_BASE_LO: 0x08,
-  LM_BASE_HI: 0x0c,
-  LM_SIZE: 0x10,
-  GM_BASE: 0x14,
-  GM_SIZE: 0x18,
-  GTT_OFFSET: 0x1c,
-  GTT_ENTRIES: 0x20,
-  MAX_WIDTH: 0x24,
-  MAX_HEIGHT: 0x28,
-} as const;
-export const PV_MAGIC = 0x5650474d;
-
-/** Virtual interrupt bits (the parent's, as a guest sees them). */
-export const VIrq = { USER: 1, FLUSH: 2, ENGINE_ERROR: 4, GTT_FAULT: 8, VBLANK: 16, IDLE: 32 } as const;
-
-/** vGPU engine error codes (ENGINE_ERROR): the parent's, plus the scanner's verdicts. */
-export const VError = {
-  NONE: 0,
-  REJECTED: 0x100,
-  HANG: 0x200,
-} as const;
-
-const rejectionCodes: Record<ScanRejection, number> = {
-  "unknown-command": 1,
-  "privileged-command": 2,
-  "register-not-allowed": 3,
-  "address-outside-partition": 4,
-  "malformed-command": 5,
-  "runaway-batch": 6,
-  "batch-nesting": 7,
-  "gtt-fault": 8,
-};
 
 export interface Workload {
   readonly vgpu: Vgpu;
@@ -162,43 +111,43 @@ export class Vgpu {
       memorySize: type.localMemory,
     });
     this.vregs = new RegisterFile(
-      0x1100,
+      BAR2_ENGINE_BLOCK_SIZE,
       [
-        { offset: VReg.RING_START - VReg.ENGINE, name: "RING_START", writable: ~(PAGE_SIZE - 1) },
-        { offset: VReg.RING_HEAD - VReg.ENGINE, name: "RING_HEAD", writable: 0 },
+        { offset: Bar2.RING_START - Bar2.ENGINE, name: "RING_START", writable: ~(PAGE_SIZE - 1) },
+        { offset: Bar2.RING_HEAD - Bar2.ENGINE, name: "RING_HEAD", writable: 0 },
         {
-          offset: VReg.RING_TAIL - VReg.ENGINE,
+          offset: Bar2.RING_TAIL - Bar2.ENGINE,
           name: "RING_TAIL",
-          writable: 0xfffffffc,
+          writable: RING_OFFSET_MASK,
           write: () => this.tailWritten(),
         },
-        { offset: VReg.RING_CTL - VReg.ENGINE, name: "RING_CTL", write: () => this.ringControlWritten() },
+        { offset: Bar2.RING_CTL - Bar2.ENGINE, name: "RING_CTL", write: () => this.ringControlWritten() },
         {
-          offset: VReg.ENGINE_STATUS - VReg.ENGINE,
+          offset: Bar2.ENGINE_STATUS - Bar2.ENGINE,
           name: "ENGINE_STATUS",
           writable: 0,
           read: () => this.engineStatus(),
         },
-        { offset: VReg.ENGINE_ERROR - VReg.ENGINE, name: "ENGINE_ERROR", writable: 0 },
-        { offset: VReg.ENGINE_ERROR_ADDR - VReg.ENGINE, name: "ENGINE_ERROR_ADDR", writable: 0 },
+        { offset: Bar2.ENGINE_ERROR - Bar2.ENGINE, name: "ENGINE_ERROR", writable: 0 },
+        { offset: Bar2.ENGINE_ERROR_ADDR - Bar2.ENGINE, name: "ENGINE_ERROR_ADDR", writable: 0 },
         {
-          offset: VReg.ENGINE_RESET - VReg.ENGINE,
+          offset: Bar2.ENGINE_RESET - Bar2.ENGINE,
           name: "ENGINE_RESET",
-          write: (v) => v & 1 && this.engineReset(),
+          write: (v) => v & ENGINE_RESET_BIT && this.engineReset(),
         },
         ...Array.from({ length: 16 }, (_, n) => ({
-          offset: VReg.GPR0 - VReg.ENGINE + n * 4,
+          offset: Bar2.GPR0 - Bar2.ENGINE + n * 4,
           name: `GPR${n}`,
           read: () => this.gpr[n]!,
           write: (v: number) => void (this.gpr[n] = v),
         })),
-        { offset: VReg.ISR - VReg.ENGINE, name: "ISR", writable: 0 },
-        { offset: VReg.IMR - VReg.ENGINE, name: "IMR", reset: 0xffffffff },
-        { offset: VReg.IIR - VReg.ENGINE, name: "IIR", writable: 0, w1c: 0xffffffff },
-        { offset: VReg.IER - VReg.ENGINE, name: "IER" },
+        { offset: Bar2.ISR - Bar2.ENGINE, name: "ISR", writable: 0 },
+        { offset: Bar2.IMR - Bar2.ENGINE, name: "IMR", reset: 0xffffffff },
+        { offset: Bar2.IIR - Bar2.ENGINE, name: "IIR", writable: 0, w1c: 0xffffffff },
+        { offset: Bar2.IER - Bar2.ENGINE, name: "IER" },
       ],
       (offset, write) =>
-        this.log.warn({ vgpu: uuid, offset: offset + VReg.ENGINE, write }, "unknown vGPU register"),
+        this.log.warn({ vgpu: uuid, offset: offset + Bar2.ENGINE, write }, "unknown vGPU register"),
     );
     const bar2: RegionHandler = {
       read: (offset, count, out, at) => this.bar2Read(offset, count, out, at),
@@ -206,26 +155,26 @@ export class Vgpu {
     };
     this.pci = new PciDevice({
       identity: {
-        vendorId: BOCHS_VENDOR,
-        deviceId: BOCHS_DEVICE,
-        classCode: 0x038000,
-        revision: 2,
-        subsystemVendorId: 0x1af4,
-        subsystemId: 0x1100,
+        vendorId: PciIdentity.VENDOR_ID,
+        deviceId: PciIdentity.DEVICE_ID,
+        classCode: PciIdentity.CLASS_CODE,
+        revision: PciIdentity.REVISION,
+        subsystemVendorId: PciIdentity.SUBSYSTEM_VENDOR_ID,
+        subsystemId: PciIdentity.SUBSYSTEM_ID,
       },
       bars: [
         {
-          index: 0,
+          index: VgpuBar.LOCAL_MEMORY,
           size: type.localMemory,
           kind: "mem32",
           prefetchable: true,
           memory: { fd: gpu.localMemory.fd, fdOffset: lmBase },
         },
-        { index: 2, size: BAR2_SIZE, kind: "mem32", handler: bar2 },
+        { index: VgpuBar.MMIO, size: BAR2_SIZE, kind: "mem32", handler: bar2 },
       ],
       intx: true,
       msi: 1,
-      vendorCapability: new Uint8Array([0x4d, 0x47, 0x50, 0x56, 1, 0]), // "MGPV", version 1
+      vendorCapability: VENDOR_CAPABILITY,
       onReset: () => this.deviceReset(),
     });
   }
@@ -268,18 +217,18 @@ export class Vgpu {
   completed(w: Workload): void {
     this.vregs.set("RING_HEAD", w.tail);
     if (this.queue.length === 0) this.busy = false;
-    this.raise(VIrq.IDLE);
+    this.raise(Irq.IDLE);
   }
 
   /** The engine stopped on our workload (fault) or it ran past its budget (hang). */
   failed(code: number, address: number, hang: boolean): void {
     this.queue.length = 0;
     this.busy = false;
-    this.vregs.set("ENGINE_ERROR", hang ? VError.HANG : code);
+    this.vregs.set("ENGINE_ERROR", hang ? EngineError.HANG : code);
     this.vregs.set("ENGINE_ERROR_ADDR", address);
     this.vregs.set("RING_HEAD", this.scannedTail);
     if (hang) this.stats.hangs++;
-    this.raise(VIrq.ENGINE_ERROR | (code === 2 ? VIrq.GTT_FAULT : 0));
+    this.raise(Irq.ENGINE_ERROR | (code === EngineError.GTT_FAULT ? Irq.GTT_FAULT : 0));
   }
 
   startWorkload(): void {
@@ -290,35 +239,35 @@ export class Vgpu {
 
   private bar2Read(offset: number, count: number, out: Uint8Array, at: number): void {
     this.stats.traps++;
-    if (offset >= VReg.GTT) return this.gttRead(offset - VReg.GTT, count, out, at);
+    if (offset >= Bar2.GTT) return this.gttRead(offset - Bar2.GTT, count, out, at);
     let value = 0;
-    if (offset >= VReg.DISPI && offset < VReg.DISPI + Dispi.COUNT * 2) {
-      const index = (offset - VReg.DISPI) >> 1;
+    if (offset >= Bar2.DISPI && offset < Bar2.DISPI + Dispi.COUNT * 2) {
+      const index = (offset - Bar2.DISPI) >> 1;
       value = this.display.readDispi(index);
       if (count === 4) value |= this.display.readDispi(index + 1) << 16;
       if (offset & 1) value >>>= 8;
-    } else if (offset === VReg.QEXT_SIZE) value = 8;
-    else if (offset === VReg.QEXT_BYTEORDER) value = this.display.readByteOrder();
-    else if (offset >= VReg.PV_INFO && offset < VReg.PV_INFO + 0x100)
-      value = this.pvInfo(offset - VReg.PV_INFO);
-    else if (offset >= VReg.ENGINE && offset < VReg.ENGINE + 0x1100)
-      return this.vregs.read(offset - VReg.ENGINE, count, out, at);
+    } else if (offset === Bar2.QEXT_SIZE) value = QEXT_BLOCK_SIZE;
+    else if (offset === Bar2.QEXT_BYTEORDER) value = this.display.readByteOrder();
+    else if (offset >= Bar2.PV_INFO && offset < Bar2.PV_INFO + PV_INFO_SIZE)
+      value = this.pvInfo(offset - Bar2.PV_INFO);
+    else if (offset >= Bar2.ENGINE && offset < Bar2.ENGINE + BAR2_ENGINE_BLOCK_SIZE)
+      return this.vregs.read(offset - Bar2.ENGINE, count, out, at);
     for (let i = 0; i < count; i++) out[at + i] = i < 4 ? (value >>> (8 * i)) & 0xff : 0;
   }
 
   private bar2Write(offset: number, count: number, data: Uint8Array, at: number): void {
     this.stats.traps++;
-    if (offset >= VReg.GTT) return this.gttWrite(offset - VReg.GTT, count, data, at);
+    if (offset >= Bar2.GTT) return this.gttWrite(offset - Bar2.GTT, count, data, at);
     let value = 0;
     for (let i = 0; i < Math.min(count, 4); i++) value |= data[at + i]! << (8 * i);
     value >>>= 0;
-    if (offset >= VReg.DISPI && offset < VReg.DISPI + Dispi.COUNT * 2) {
-      const index = (offset - VReg.DISPI) >> 1;
+    if (offset >= Bar2.DISPI && offset < Bar2.DISPI + Dispi.COUNT * 2) {
+      const index = (offset - Bar2.DISPI) >> 1;
       this.display.writeDispi(index, value & 0xffff);
       if (count === 4) this.display.writeDispi(index + 1, value >>> 16);
-    } else if (offset === VReg.QEXT_BYTEORDER) this.display.writeByteOrder(value);
-    else if (offset >= VReg.ENGINE && offset < VReg.ENGINE + 0x1100)
-      this.vregs.write(offset - VReg.ENGINE, count, data, at);
+    } else if (offset === Bar2.QEXT_BYTEORDER) this.display.writeByteOrder(value);
+    else if (offset >= Bar2.ENGINE && offset < Bar2.ENGINE + BAR2_ENGINE_BLOCK_SIZE)
+      this.vregs.write(offset - Bar2.ENGINE, count, data, at);
     // VGA ioports, EDID and the PV block ignore writes.
   }
 
@@ -327,7 +276,7 @@ export class Vgpu {
       case PvInfo.MAGIC:
         return PV_MAGIC;
       case PvInfo.VERSION:
-        return 1;
+        return PV_VERSION;
       case PvInfo.LM_BASE_LO:
         return this.lmBase >>> 0;
       case PvInfo.LM_BASE_HI:
@@ -339,7 +288,7 @@ export class Vgpu {
       case PvInfo.GM_SIZE:
         return this.gm.size;
       case PvInfo.GTT_OFFSET:
-        return VReg.GTT;
+        return Bar2.GTT;
       case PvInfo.GTT_ENTRIES:
         return this.guestGtt.lo.length;
       case PvInfo.MAX_WIDTH:
@@ -390,13 +339,13 @@ export class Vgpu {
       g.set(parentIndex, 0, 0);
       return;
     }
-    const address = hi * 0x100000000 + ((lo & ~0xfff) >>> 0);
+    const address = hi * 0x100000000 + ((lo & GTT_ADDRESS_MASK) >>> 0);
     if (lo & GTT_SYSTEM) {
       // A guest frame: the parent reaches it through the mediator's system memory, tagged with our id.
-      if (address >= 2 ** 44) return this.rejectEntry(index, address);
+      if (address >= GTT_SYSTEM_ADDRESS_LIMIT) return this.rejectEntry(index, address);
       g.set(
         parentIndex,
-        (address & 0xfffff000) | GTT_VALID | GTT_SYSTEM,
+        (address & GTT_ADDRESS_MASK) | GTT_VALID | GTT_SYSTEM,
         Math.floor(address / 0x100000000) | (this.id << 16),
       );
       return;
@@ -414,13 +363,13 @@ export class Vgpu {
     );
     const parentIndex = this.gm.base / PAGE_SIZE + index;
     this.gpu.gtt.set(parentIndex, 0, 0);
-    this.raise(VIrq.GTT_FAULT);
+    this.raise(Irq.GTT_FAULT);
   }
 
   // ---- engine virtualization ----------------------------------------------
 
   private get ringSize(): number {
-    return (((this.vregs.get("RING_CTL") >>> 12) & 0x1ff) + 1) * PAGE_SIZE;
+    return RingCtl.lengthPages(this.vregs.get("RING_CTL")) * PAGE_SIZE;
   }
 
   private ringControlWritten(): void {
@@ -430,9 +379,9 @@ export class Vgpu {
   }
 
   private tailWritten(): void {
-    if (!(this.vregs.get("RING_CTL") & 1)) return;
+    if (!(this.vregs.get("RING_CTL") & RingCtl.ENABLE)) return;
     const tail = this.vregs.get("RING_TAIL") % this.ringSize;
-    if (this.vregs.get("ENGINE_ERROR") !== VError.NONE) return; // stopped until the guest resets the engine
+    if (this.vregs.get("ENGINE_ERROR") !== EngineError.NONE) return; // stopped until the guest resets the engine
     if (tail === this.scannedTail) return;
     const start = this.vregs.get("RING_START");
     try {
@@ -453,12 +402,12 @@ export class Vgpu {
         { vgpu: this.uuid, reason: e.reason, address: `0x${e.address.toString(16)}` },
         "command stream rejected",
       );
-      this.failed(VError.REJECTED | rejectionCodes[e.reason], e.address, false);
+      this.failed(EngineError.REJECTED | ScanRejectionCode[e.reason], e.address, false);
     }
   }
 
   private engineStatus(): number {
-    const error = this.vregs.get("ENGINE_ERROR") !== VError.NONE;
+    const error = this.vregs.get("ENGINE_ERROR") !== EngineError.NONE;
     const idle = error || (!this.busy && this.vregs.get("RING_HEAD") === this.scannedTail);
     return (idle ? 1 : 0) | (error ? 2 : 0);
   }

@@ -12,20 +12,16 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  EngineReg,
   GTT_VALID,
   MI_BATCH_BUFFER_END,
-  NativeDriver,
   PAGE_SIZE,
-  Reg,
-  SoftwareGpu,
   type Workload,
-  desktopFrame,
   miBatchBufferStart,
   miLoadRegisterImm,
-  overlappingCopy,
-  pngToFrame,
   xyColorBlt,
-} from "../../src/gpu/index.js";
+} from "../../src/abi/index.js";
+import { NativeDriver, SoftwareGpu, desktopFrame, overlappingCopy, pngToFrame } from "../../src/gpu/index.js";
 import { GuestDriver, GuestDriverError } from "../../src/guest/index.js";
 import { ClientBus } from "../../src/vmm/client-bus.js";
 import { Client } from "../../src/vfio-user/index.js";
@@ -149,7 +145,7 @@ test("hostile GTT entries, command streams and register writes are contained", a
     "fill of another partition",
     xyColorBlt(b.driver.partition.gmBase, 4096, { x: 0, y: 0, width: 16, height: 16 }, 0),
   );
-  expectRejected("privileged register write", miLoadRegisterImm([[Reg.RING_START, 0]]));
+  expectRejected("privileged register write", miLoadRegisterImm([[EngineReg.RING_START, 0]]));
   expectRejected("unknown opcode", [0x3f << 23]);
   const loop = a.driver.alloc(PAGE_SIZE);
   const fb = a.bus.barMemory(0)!;

@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { NativeDriver, SoftwareGpu, desktopFrame, encodeOps, pngToFrame } from "../../src/gpu/index.js";
+import { Bar2, PV_MAGIC, encodeOps } from "../../src/abi/index.js";
+import { NativeDriver, SoftwareGpu, desktopFrame, pngToFrame } from "../../src/gpu/index.js";
 import { GuestDriver } from "../../src/guest/index.js";
 import { type MemoryModel, SimVm } from "../../src/vmm/sim/vm.js";
 import { ServeProcess } from "../support/serve-process.js";
@@ -82,8 +83,8 @@ test("a VM's vCPU reaches RAM and pass-through BARs directly and traps only on M
   assert.equal(vm.barMemory(0)![64], 0x78);
   const before = { ...vm.accesses };
   assert.equal(
-    vm.physRead(0xd0000000 + 32 * MiB + 0x800, 4),
-    0x5650474d,
+    vm.physRead(0xd0000000 + 32 * MiB + Bar2.PV_INFO, 4),
+    PV_MAGIC,
     "BAR2 sits after the 32 MiB BAR0: trapped",
   );
   assert.equal(vm.accesses.trapped, before.trapped + 1);

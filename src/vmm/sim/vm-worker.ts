@@ -5,14 +5,8 @@
  * in command streams the mediator must reject, and a runaway batch.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import {
-  Reg,
-  desktopFrame,
-  encodeOps,
-  miBatchBufferStart,
-  miLoadRegisterImm,
-  xyColorBlt,
-} from "../../gpu/index.js";
+import { EngineReg, encodeOps, miBatchBufferStart, miLoadRegisterImm, xyColorBlt } from "../../abi/index.js";
+import { desktopFrame } from "../../gpu/index.js";
 import { GuestDriver, GuestDriverError } from "../../guest/index.js";
 import { type MemoryModel, SimVm } from "./vm.js";
 
@@ -87,7 +81,7 @@ function main(): VmWorkerResult {
         kind === 0
           ? xyColorBlt(p.gmBase + p.gmSize, 4096, { x: 0, y: 0, width: 64, height: 64 }, 0xdead)
           : kind === 1
-            ? miLoadRegisterImm([[Reg.RING_START, 0]])
+            ? miLoadRegisterImm([[EngineReg.RING_START, 0]])
             : miBatchBufferStart(loop);
       try {
         driver.drain();

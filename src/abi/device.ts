@@ -1,0 +1,54 @@
+/**
+ * How a vGPU presents itself on PCI: a Bochs display (1234:1111, so stock
+ * guests bind the bochs DRM driver) whose BAR0 is its slice of local memory
+ * and BAR2 its MMIO, with a vendor capability and a paravirtual info block
+ * that tell an enlightened driver where its own resources are.
+ */
+
+export const PciIdentity = {
+  VENDOR_ID: 0x1234,
+  DEVICE_ID: 0x1111,
+  /** Display controller, "other". */
+  CLASS_CODE: 0x038000,
+  REVISION: 2,
+  SUBSYSTEM_VENDOR_ID: 0x1af4,
+  SUBSYSTEM_ID: 0x1100,
+} as const;
+
+/** BAR indexes: BAR0 is local memory (its size is the vGPU type's), BAR2 the MMIO registers (`Bar2`). */
+export const VgpuBar = { LOCAL_MEMORY: 0, MMIO: 2 } as const;
+
+/** "MGPV" as a little-endian dword: the PV block's and the vendor capability's magic. */
+export const PV_MAGIC = 0x5650474d;
+export const PV_VERSION = 1;
+
+/** The vendor-specific capability's payload: the magic, the PV version, a reserved byte. */
+export const VENDOR_CAPABILITY = Uint8Array.of(
+  PV_MAGIC & 0xff,
+  (PV_MAGIC >>> 8) & 0xff,
+  (PV_MAGIC >>> 16) & 0xff,
+  PV_MAGIC >>> 24,
+  PV_VERSION,
+  0,
+);
+
+/** Paravirtual info block ("MGPV") at `Bar2.PV_INFO`: read-only dwords. */
+export const PvInfo = {
+  MAGIC: 0x00,
+  VERSION: 0x04,
+  /** The slice's offset in the parent's local memory (64-bit). */
+  LM_BASE_LO: 0x08,
+  LM_BASE_HI: 0x0c,
+  LM_SIZE: 0x10,
+  /** The graphics-memory partition: the GMAs the guest's GTT entries map. */
+  GM_BASE: 0x14,
+  GM_SIZE: 0x18,
+  /** Where the GTT window starts in BAR2, and how many entries it has. */
+  GTT_OFFSET: 0x1c,
+  GTT_ENTRIES: 0x20,
+  MAX_WIDTH: 0x24,
+  MAX_HEIGHT: 0x28,
+} as const;
+
+/** Bytes of BAR2 the PV block spans (reads past its fields return 0). */
+export const PV_INFO_SIZE = 0x100;
