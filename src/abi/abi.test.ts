@@ -2,20 +2,17 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   Bar2,
-  BAR2_ENGINE_BLOCK_SIZE,
+  Bar2Block,
   BAR2_SIZE,
-  BochsMmio,
   CommandCheck,
   Commands,
   type CommandSpec,
-  Dispi,
   EngineReg,
   GPR_COUNT,
   MAX_COMMAND_DWORDS,
   MI_BATCH_BUFFER_END,
   MI_NOOP,
   MI_USER_INTERRUPT,
-  PV_INFO_SIZE,
   checkCommand,
   commandLength,
   decodeCommand,
@@ -89,19 +86,18 @@ test("abi: the table's length and field rules refuse malformed commands", () => 
 });
 
 test("abi: BAR2's register blocks do not overlap and fit the BAR; GTT entries encode both ways alike", () => {
-  const blocks = [
-    [BochsMmio.DISPI, Dispi.COUNT * 2],
-    [BochsMmio.QEXT_SIZE, 8],
-    [Bar2.PV_INFO, PV_INFO_SIZE],
-    [Bar2.ENGINE, BAR2_ENGINE_BLOCK_SIZE],
-    [Bar2.GTT, BAR2_SIZE - Bar2.GTT],
-  ].sort((a, b) => a[0]! - b[0]!);
+  const blocks = Object.values(Bar2Block).sort((a, b) => a.offset - b.offset);
   for (let i = 1; i < blocks.length; i++)
     assert.ok(
-      blocks[i - 1]![0]! + blocks[i - 1]![1]! <= blocks[i]![0]!,
-      `block at 0x${blocks[i]![0]!.toString(16)}`,
+      blocks[i - 1]!.offset + blocks[i - 1]!.size <= blocks[i]!.offset,
+      `block at 0x${blocks[i]!.offset.toString(16)}`,
     );
-  assert.ok(Bar2.IER < Bar2.ENGINE + BAR2_ENGINE_BLOCK_SIZE);
+  const last = blocks[blocks.length - 1]!;
+  assert.ok(last.offset + last.size <= BAR2_SIZE);
+  for (const r of [Bar2.RING_START, Bar2.ENGINE_RESET, Bar2.GPR0 + 4 * (GPR_COUNT - 1)])
+    assert.ok(r >= Bar2Block.ENGINE.offset && r < Bar2Block.ENGINE.offset + Bar2Block.ENGINE.size);
+  for (const r of [Bar2.ISR, Bar2.IMR, Bar2.IIR, Bar2.IER])
+    assert.ok(r >= Bar2Block.IRQ.offset && r < Bar2Block.IRQ.offset + Bar2Block.IRQ.size);
   for (const [kind, address] of [
     ["local", 0x12345000],
     ["system", 0x7_0000_3000],

@@ -4,6 +4,7 @@
  * and BAR2 its MMIO, with a vendor capability and a paravirtual info block
  * that tell an enlightened driver where its own resources are.
  */
+import { BAR2_SIZE, Bar2, Dispi, QEXT_BLOCK_SIZE } from "./registers.js";
 
 export const PciIdentity = {
   VENDOR_ID: 0x1234,
@@ -52,3 +53,21 @@ export const PvInfo = {
 
 /** Bytes of BAR2 the PV block spans (reads past its fields return 0). */
 export const PV_INFO_SIZE = 0x100;
+
+/**
+ * BAR2's register blocks (offset, bytes): the Bochs display's (QEMU
+ * hw/display/bochs-display.c: EDID, VGA ioports, DISPI, QEMU extended
+ * registers), then the vGPU's own. Offsets no block covers read as zero.
+ */
+export const Bar2Block = {
+  EDID: { offset: Bar2.EDID, size: 0x400 },
+  VGA_IOPORTS: { offset: Bar2.VGA_IOPORTS, size: 0x20 },
+  DISPI: { offset: Bar2.DISPI, size: Dispi.COUNT * 2 },
+  QEXT: { offset: Bar2.QEXT_SIZE, size: QEXT_BLOCK_SIZE },
+  PV_INFO: { offset: Bar2.PV_INFO, size: PV_INFO_SIZE },
+  /** The virtual engine: ring, status, error, reset and GPR registers. */
+  ENGINE: { offset: Bar2.ENGINE, size: Bar2.ISR - Bar2.ENGINE },
+  /** The virtual interrupt registers. */
+  IRQ: { offset: Bar2.ISR, size: 0x100 },
+  GTT: { offset: Bar2.GTT, size: BAR2_SIZE - Bar2.GTT },
+} as const;

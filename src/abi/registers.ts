@@ -134,6 +134,3 @@ export const ScanRejectionCode = {
 } as const;
 
 export type ScanRejection = keyof typeof ScanRejectionCode;
-
-/** BAR2's virtual engine and interrupt registers as one block: RING_START up to IER. */
-export const BAR2_ENGINE_BLOCK_SIZE = Bar2.IER + 4 - Bar2.ENGINE;

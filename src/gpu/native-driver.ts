@@ -6,7 +6,9 @@
 import {
   Dispi,
   DispiEnable,
+  ENGINE_RESET_BIT,
   EngineError,
+  EngineStatus,
   MI_BATCH_BUFFER_END,
   PAGE_SIZE,
   RingCtl,
@@ -36,6 +38,8 @@ export interface NativeDriverOptions {
   readonly ringBytes?: number;
   /** Room for one batch buffer (default 4 MiB). */
   readonly batchBytes?: number;
+  /** The caller gives the engine its time (`advance`) instead of the parent running each submission at once. */
+  readonly scheduled?: boolean;
 }
 
 export class NativeDriver {
@@ -45,7 +49,7 @@ export class NativeDriver {
   readonly ringBytes: number;
   private tail = 0;
   private readonly batchGma: number;
-  private readonly batchBytes: number;
+  readonly batchBytes: number;
 
   constructor(
     readonly gpu: ParentGpu,
@@ -66,6 +70,7 @@ export class NativeDriver {
     gpu.mmioWrite(Reg.RING_START, this.ringGma);
     gpu.mmioWrite(Reg.RING_CTL, RingCtl.encode(this.ringBytes / PAGE_SIZE));
     gpu.mmioWrite(Reg.RING_HEAD, 0);
+    if (options.scheduled) gpu.autoRun = false;
   }
 
   /** Page-aligned graphics memory from the driver's range. */
@@ -100,7 +105,7 @@ export class NativeDriver {
   }
 
   /** Puts commands in a batch buffer and starts it from the ring. */
-  submitBatch(dwords: readonly number[]): void {
+  submitBatch(dwords: ArrayLike<number>): void {
     if ((dwords.length + 1) * 4 > this.batchBytes) throw new Error("batch too large");
     const words = this.gpu.localMemory.words;
     words.set(dwords, this.batchGma / 4);
@@ -111,6 +116,48 @@ export class NativeDriver {
   /** Like submitBatch, for streams up to the whole batch area (used to time large submissions). */
   submitBatchLarge(dwords: readonly number[]): void {
     this.submitBatch(dwords);
+  }
+
+  // ---- for a scheduler that drives the engine itself (`scheduled`) ----------
+
+  /** Runs the engine for up to `budget` commands; returns those run. */
+  advance(budget: number): number {
+    return this.gpu.runEngine(budget);
+  }
+
+  get idle(): boolean {
+    return (this.gpu.mmioRead(Reg.ENGINE_STATUS) & EngineStatus.IDLE) !== 0;
+  }
+
+  /** ENGINE_ERROR (EngineError.NONE while it runs). */
+  get error(): number {
+    return this.gpu.mmioRead(Reg.ENGINE_ERROR);
+  }
+
+  get errorAddress(): number {
+    return this.gpu.mmioRead(Reg.ENGINE_ERROR_ADDR);
+  }
+
+  /** Stops whatever runs, clears the error, empties the ring. */
+  resetEngine(): void {
+    this.gpu.mmioWrite(Reg.ENGINE_RESET, ENGINE_RESET_BIT);
+  }
+
+  /** Loads the engine context (the GPRs) before a submission. */
+  loadContext(gpr: Uint32Array): void {
+    for (let n = 0; n < gpr.length; n++) this.gpu.mmioWrite(Reg.GPR0 + 4 * n, gpr[n]!);
+  }
+
+  /** Saves the engine context after a submission. */
+  saveContext(gpr: Uint32Array): void {
+    for (let n = 0; n < gpr.length; n++) gpr[n] = this.gpu.mmioRead(Reg.GPR0 + 4 * n);
+  }
+
+  /** Takes the parent's interrupts: every event unmasked and enabled, each one handed to `handler`. */
+  handleInterrupts(handler: (bits: number) => void): void {
+    this.gpu.interrupts.onInterrupt = handler;
+    this.gpu.mmioWrite(Reg.IMR, 0);
+    this.gpu.mmioWrite(Reg.IER, 0xffffffff);
   }
 
   /** Throws if the engine stopped on an error. */

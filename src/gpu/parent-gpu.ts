@@ -28,6 +28,8 @@ export interface ParentGpu {
   readonly interrupts: InterruptController;
   /** Run the engine as soon as the ring tail moves (off when a scheduler drives it). */
   autoRun: boolean;
+  /** Gives the engine time for up to `budget` commands (what autoRun does by itself); returns those run. */
+  runEngine(budget: number): number;
   /** 32-bit MMIO (DISPI registers answer 16-bit accesses too). */
   mmioRead(offset: number, size?: 2 | 4): number;
   mmioWrite(offset: number, value: number, size?: 2 | 4): void;
@@ -70,6 +72,10 @@ export class SoftwareGpu implements ParentGpu {
 
   setSystemMemory(memory: SystemMemory | undefined): void {
     this.memory.setSystemMemory(memory);
+  }
+
+  runEngine(budget: number): number {
+    return this.engine.run(budget);
   }
 
   mmioRead(offset: number, size: 2 | 4 = 4): number {
@@ -169,6 +175,11 @@ export class SoftwareGpu implements ParentGpu {
       return;
     }
     const e = this.engine;
+    const gpr = gprIndex(offset);
+    if (gpr >= 0) {
+      e.gpr[gpr] = value; // the engine context, as a host driver saves and restores it
+      return;
+    }
     switch (offset) {
       case Reg.IMR:
         this.interrupts.imr = value;

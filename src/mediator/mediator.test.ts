@@ -1,12 +1,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  Bar2,
+  DISPI_ID5,
+  Dispi,
   EngineError,
   EngineReg,
   MI_BATCH_BUFFER_END,
   MI_NOOP,
   MI_USER_INTERRUPT,
+  PV_MAGIC,
+  PvInfo,
   type ScanRejection,
+  VgpuBar,
   gttEntry,
   miBatchBufferStart,
   miLoadRegisterImm,
@@ -29,6 +35,7 @@ import { Mediator, MediatorError } from "./mediator.js";
 import { ScanError, Scanner } from "./scanner.js";
 import type { Mpt } from "../hypervisor/mpt.js";
 import { quietLogger } from "../base/index.js";
+import { Cfg, Command } from "../pci/index.js";
 
 const quiet = quietLogger;
 /** These tests never reach guest memory. */
@@ -174,4 +181,34 @@ test("the engine and the scanner refuse the same malformed commands (one command
     );
     gpu.close();
   }
+});
+
+test("BAR2 is a map of register blocks: each answers at its offsets, gaps read zero and are logged", () => {
+  const warnings: string[] = [];
+  const logger = { ...quietLogger, warn: (_fields: object, message: string) => void warnings.push(message) };
+  const gpu = new SoftwareGpu({ localMemorySize: 64 << 20 });
+  const m = new Mediator({ gpu, mpt: () => noGuest, logger });
+  const v = m.create("mgpu-1q");
+  const bus = new DirectBus(v.pci, () => m.scheduler.drain());
+  bus.configWrite(Cfg.COMMAND, 2, Command.MEMORY);
+  const mmio = (offset: number) => bus.mmioRead(VgpuBar.MMIO, offset, 4);
+  assert.equal(mmio(Bar2.PV_INFO + PvInfo.MAGIC), PV_MAGIC);
+  assert.equal(mmio(Bar2.PV_INFO + PvInfo.GTT_OFFSET), Bar2.GTT);
+  assert.equal(mmio(Bar2.PV_INFO + PvInfo.GTT_ENTRIES), v.gm.size / 4096);
+  assert.equal(bus.mmioRead(VgpuBar.MMIO, Bar2.DISPI + Dispi.ID * 2, 2), DISPI_ID5);
+  assert.equal(mmio(Bar2.QEXT_SIZE), 8);
+  assert.equal(mmio(Bar2.IMR), 0xffffffff, "interrupts masked at power-on");
+  bus.mmioWrite(VgpuBar.MMIO, Bar2.GPR0 + 8, 4, 0x1234);
+  assert.equal(mmio(Bar2.GPR0 + 8), 0x1234);
+  bus.mmioWrite(VgpuBar.MMIO, Bar2.GTT + 4, 4, 0xab);
+  assert.equal(mmio(Bar2.GTT + 4), 0xab, "the guest's GTT reads back what it wrote");
+  // Declared but empty blocks (EDID, VGA ioports) read zero quietly; a gap is reported.
+  assert.equal(mmio(Bar2.EDID), 0);
+  assert.equal(mmio(Bar2.VGA_IOPORTS), 0);
+  assert.deepEqual(warnings, []);
+  assert.equal(mmio(0x1000), 0);
+  bus.mmioWrite(VgpuBar.MMIO, 0x1000, 4, 1);
+  assert.deepEqual(warnings, ["unknown vGPU register", "unknown vGPU register"]);
+  assert.equal(v.stats.traps, 14);
+  gpu.close();
 });

@@ -12,7 +12,7 @@ import { type Logger, MgpuError, defaultLogger } from "../base/index.js";
 import { RangePool } from "./pool.js";
 import { Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { type VgpuType, defaultTypes } from "./types.js";
-import { Vgpu } from "./vgpu.js";
+import { Vgpu } from "./vgpu/index.js";
 
 export interface MediatorOptions {
   /** How each vGPU reaches its guest's memory and interrupts: chosen by the caller, per backend. */
@@ -93,7 +93,7 @@ export class Mediator {
       throw new MediatorError("ENOSPC", `no graphics memory left for ${t.name}`);
     }
     const id = this.nextId++;
-    const v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger, () => {});
+    const v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger);
     v.mpt = mpt(v.pci);
     this.vgpus.set(uuid, v);
     this.byId.set(id, v);

@@ -21,6 +21,8 @@ export { Interrupts } from "./interrupts.js";
 export { DmaError, DmaSpace, DmaView, DMA_PAGE_SIZE } from "./dma.js";
 export { Migration, type MigrationHooks, type MigrationSupport, migStateName } from "./migration.js";
 export { RegisterFile, type RegisterSpec } from "./registers.js";
+export { SubRangeMap, type SubRange, reservedRange, valueRegisters } from "./subranges.js";
+export { PciDeclarationError } from "./errors.js";
 export {
   PciDevice,
   type BarSpec,

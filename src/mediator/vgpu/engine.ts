@@ -1,0 +1,183 @@
+/**
+ * A vGPU's virtual engine: ring registers where the parent's are, so a driver
+ * for one drives the other. A tail write scans the new commands (batches
+ * followed and flattened) into a submission for the scheduler; a rejected
+ * stream stops the virtual engine with the verdict in ENGINE_ERROR until the
+ * guest resets it. The GPRs are the engine context the scheduler loads and saves.
+ */
+import {
+  Bar2,
+  ENGINE_RESET_BIT,
+  EngineError,
+  EngineStatus,
+  GPR_COUNT,
+  Irq,
+  PAGE_SIZE,
+  RING_OFFSET_MASK,
+  RingCtl,
+  ScanRejectionCode,
+} from "../../abi/index.js";
+import type { RateLimitedLog } from "../../base/index.js";
+import { RegisterFile } from "../../pci/index.js";
+import { ScanError, type Scanner } from "../scanner.js";
+import type { VirtualIrq } from "./irq.js";
+import type { VgpuStats } from "./stats.js";
+import type { Vgpu } from "./vgpu.js";
+
+/** Scanned commands waiting for the parent's engine. */
+export interface Submission {
+  readonly vgpu: Vgpu;
+  /** The flattened, checked commands (a copy the guest cannot reach). */
+  readonly commands: Uint32Array;
+  /** Ring tail this submission completes up to. */
+  readonly tail: number;
+}
+
+export class VirtualEngine {
+  /** Ring, status, error, reset and GPR registers, relative to `Bar2Block.ENGINE`. */
+  readonly registers: RegisterFile;
+  /** Saved general-purpose registers (the engine context). */
+  readonly gpr = new Uint32Array(GPR_COUNT);
+  readonly queue: Submission[] = [];
+  /** Ring tail scanned so far (the head advances as submissions complete). */
+  private scannedTail = 0;
+  private busy = false;
+
+  constructor(
+    size: number,
+    private readonly owner: Vgpu,
+    private readonly scanner: Scanner,
+    private readonly irq: VirtualIrq,
+    private readonly stats: VgpuStats,
+    private readonly log: RateLimitedLog,
+    /** Returns explicitly mapped guest frames (a rejected stream may have mapped some). */
+    private readonly release: () => void,
+  ) {
+    const at = (register: number) => register - Bar2.ENGINE;
+    this.registers = new RegisterFile(
+      size,
+      [
+        { offset: at(Bar2.RING_START), name: "RING_START", writable: ~(PAGE_SIZE - 1) },
+        { offset: at(Bar2.RING_HEAD), name: "RING_HEAD", writable: 0 },
+        {
+          offset: at(Bar2.RING_TAIL),
+          name: "RING_TAIL",
+          writable: RING_OFFSET_MASK,
+          write: () => this.tailWritten(),
+        },
+        { offset: at(Bar2.RING_CTL), name: "RING_CTL", write: () => this.ringControlWritten() },
+        { offset: at(Bar2.ENGINE_STATUS), name: "ENGINE_STATUS", writable: 0, read: () => this.status() },
+        { offset: at(Bar2.ENGINE_ERROR), name: "ENGINE_ERROR", writable: 0 },
+        { offset: at(Bar2.ENGINE_ERROR_ADDR), name: "ENGINE_ERROR_ADDR", writable: 0 },
+        {
+          offset: at(Bar2.ENGINE_RESET),
+          name: "ENGINE_RESET",
+          write: (v) => v & ENGINE_RESET_BIT && this.engineReset(),
+        },
+        ...Array.from({ length: GPR_COUNT }, (_, n) => ({
+          offset: at(Bar2.GPR0) + n * 4,
+          name: `GPR${n}`,
+          read: () => this.gpr[n]!,
+          write: (v: number) => void (this.gpr[n] = v),
+        })),
+      ],
+      (offset, write) =>
+        log.warn({ vgpu: owner.uuid, offset: offset + Bar2.ENGINE, write }, "unknown vGPU register"),
+    );
+  }
+
+  get error(): number {
+    return this.registers.get("ENGINE_ERROR");
+  }
+
+  get pending(): boolean {
+    return this.queue.length > 0;
+  }
+
+  /** The scheduler put a submission of ours on the parent's engine. */
+  started(): void {
+    this.busy = true;
+  }
+
+  /** The scheduler finished one of our submissions. */
+  completed(s: Submission): void {
+    this.registers.set("RING_HEAD", s.tail);
+    if (this.queue.length === 0) this.busy = false;
+    this.irq.raise(Irq.IDLE);
+  }
+
+  /** The engine stopped on our submission (fault) or it ran past its budget (hang). */
+  failed(code: number, address: number, hang: boolean): void {
+    this.queue.length = 0;
+    this.busy = false;
+    this.registers.set("ENGINE_ERROR", hang ? EngineError.HANG : code);
+    this.registers.set("ENGINE_ERROR_ADDR", address);
+    this.registers.set("RING_HEAD", this.scannedTail);
+    if (hang) this.stats.hangs++;
+    this.irq.raise(Irq.ENGINE_ERROR | (code === EngineError.GTT_FAULT ? Irq.GTT_FAULT : 0));
+  }
+
+  /** Function reset: registers, queue and context back to power-on. */
+  reset(): void {
+    this.registers.reset();
+    this.queue.length = 0;
+    this.busy = false;
+    this.scannedTail = 0;
+    this.gpr.fill(0);
+  }
+
+  private get ringSize(): number {
+    return RingCtl.lengthPages(this.registers.get("RING_CTL")) * PAGE_SIZE;
+  }
+
+  private ringControlWritten(): void {
+    // Enabling a ring (re)starts it empty at head 0.
+    this.registers.set("RING_HEAD", 0);
+    this.scannedTail = 0;
+  }
+
+  private tailWritten(): void {
+    const r = this.registers;
+    if (!(r.get("RING_CTL") & RingCtl.ENABLE)) return;
+    const tail = r.get("RING_TAIL") % this.ringSize;
+    if (r.get("ENGINE_ERROR") !== EngineError.NONE) return; // stopped until the guest resets the engine
+    if (tail === this.scannedTail) return;
+    const start = r.get("RING_START");
+    try {
+      const result = this.scanner.scanRing(start, this.ringSize, this.scannedTail, tail);
+      this.stats.scanBytes += result.bytesScanned;
+      this.stats.commands += result.count;
+      this.stats.submissions++;
+      this.scannedTail = tail;
+      this.queue.push({ vgpu: this.owner, commands: result.commands, tail });
+      this.busy = true;
+    } catch (e) {
+      if (!(e instanceof ScanError)) throw e;
+      this.stats.rejected++;
+      this.release();
+      this.scannedTail = tail;
+      this.log.warn(
+        { vgpu: this.owner.uuid, reason: e.reason, address: `0x${e.address.toString(16)}` },
+        "command stream rejected",
+      );
+      this.failed(EngineError.REJECTED | ScanRejectionCode[e.reason], e.address, false);
+    }
+  }
+
+  private status(): number {
+    const error = this.registers.get("ENGINE_ERROR") !== EngineError.NONE;
+    const idle = error || (!this.busy && this.registers.get("RING_HEAD") === this.scannedTail);
+    return (idle ? EngineStatus.IDLE : 0) | (error ? EngineStatus.ERROR : 0);
+  }
+
+  private engineReset(): void {
+    const r = this.registers;
+    this.queue.length = 0;
+    this.busy = false;
+    r.set("ENGINE_ERROR", EngineError.NONE);
+    r.set("ENGINE_ERROR_ADDR", 0);
+    this.scannedTail = r.get("RING_TAIL") % this.ringSize;
+    r.set("RING_HEAD", this.scannedTail);
+    this.gpr.fill(0);
+  }
+}

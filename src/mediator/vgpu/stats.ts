@@ -1,0 +1,28 @@
+/** What a vGPU counts (shown by the manager, asserted by tests). */
+export interface VgpuStats {
+  traps: number;
+  gttUpdates: number;
+  gttRejected: number;
+  submissions: number;
+  commands: number;
+  rejected: number;
+  hangs: number;
+  interrupts: number;
+  busyMs: number;
+  scanBytes: number;
+}
+
+export function newVgpuStats(): VgpuStats {
+  return {
+    traps: 0,
+    gttUpdates: 0,
+    gttRejected: 0,
+    submissions: 0,
+    commands: 0,
+    rejected: 0,
+    hangs: 0,
+    interrupts: 0,
+    busyMs: 0,
+    scanBytes: 0,
+  };
+}
