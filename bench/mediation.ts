@@ -22,6 +22,7 @@ import { Scanner } from "../src/mediator/scanner.js";
 import { Client } from "../src/vfio-user/index.js";
 import { DaemonProcess } from "../src/manager/process.js";
 import { type BenchFigure, type BenchReport, percentile } from "./report.js";
+import { quietLogger } from "../src/base/index.js";
 
 const ROUNDS = 5;
 const FRAME_MS = 16;
@@ -41,7 +42,7 @@ export async function run(): Promise<BenchReport> {
   const uuid = "be0c0000-0000-4000-8000-000000000001";
   const daemon = await DaemonProcess.start({ vgpus: [`mgpu-4q:${uuid}`], args: ["--watchdog-ms", "5000"] });
   const ready = { vgpus: daemon.vgpus };
-  const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+  const quiet = quietLogger;
   const client = Client.connect(ready.vgpus[0]!.socket, { logger: quiet });
   const bus = new ClientBus(client);
   const guest = new GuestDriver(bus);

@@ -13,6 +13,7 @@ import { fileURLToPath } from "node:url";
 import { SocketChannel, connectUnix } from "../src/sys/index.js";
 import { Client, PciRegion } from "../src/vfio-user/index.js";
 import { type BenchReport, percentile } from "./report.js";
+import { quietLogger } from "../src/base/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const ROUNDS = 5;
@@ -75,7 +76,7 @@ export async function run(): Promise<BenchReport> {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-bench-"));
   const serverPath = join(dir, "device.sock");
   const server = await spawnReady(join(here, "..", "test", "fixtures", "serve-sample.js"), [serverPath]);
-  const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+  const quiet = quietLogger;
   const client = Client.connect(serverPath, { logger: quiet });
   const out4 = new Uint8Array(4);
   const readReg = () => client.regionRead(PciRegion.BAR0, 0x04, out4);

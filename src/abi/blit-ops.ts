@@ -42,8 +42,7 @@ export interface Workload {
 }
 
 /** An operation names a surface the caller did not allocate. */
-export class BlitOpError extends MgpuError {
-  declare readonly code: "ENOSURFACE";
+export class BlitOpError extends MgpuError<"ENOSURFACE"> {
   constructor(name: string) {
     super("ENOSURFACE", `no surface ${name}`);
   }

@@ -138,6 +138,32 @@ const aligned4 = (dword: number) => (cmd: Uint32Array) =>
 
 const validPitch = (pitch: number) => pitch !== 0 && pitch % 4 === 0;
 
+/** An XY blit: fixed length, 32 bpp, the one ROP it implements, and a dword-aligned pitch on every surface. */
+function xyBlt(
+  name: string,
+  opcode: number,
+  length: number,
+  rop: number,
+  surfaces: readonly (AddressOperand & { kind: "surface" })[],
+): CommandSpec {
+  const pitchDwords = surfaces.map((s) => s.pitchDword);
+  return bltSpec({
+    name,
+    opcode,
+    lengthInDw0: true,
+    minLength: length,
+    maxLength: length,
+    fields: (cmd) => {
+      const br13 = cmd[Blt.BR13]!;
+      if ((br13 & BLT_DEPTH_MASK) !== BLT_DEPTH_32 || bltRop(br13) !== rop) return CommandCheck.MALFORMED;
+      for (let i = 0; i < pitchDwords.length; i++)
+        if (!validPitch(bltPitch(cmd[pitchDwords[i]!]!))) return CommandCheck.MALFORMED;
+      return CommandCheck.OK;
+    },
+    addresses: surfaces,
+  });
+}
+
 /** Every command the parent's engine knows: the one table. */
 export const Commands = {
   NOOP: miSpec({ name: "MI_NOOP", opcode: MiOp.NOOP }),
@@ -181,44 +207,13 @@ export const Commands = {
     fields: aligned4(1),
     addresses: [{ kind: "batch", dword: 1 }],
   }),
-  XY_COLOR_BLT: bltSpec({
-    name: "XY_COLOR_BLT",
-    opcode: BltOp.XY_COLOR_BLT,
-    lengthInDw0: true,
-    minLength: 7,
-    maxLength: 7,
-    fields: (cmd) => {
-      const br13 = cmd[Blt.BR13]!;
-      return (br13 & BLT_DEPTH_MASK) === BLT_DEPTH_32 &&
-        bltRop(br13) === ROP_PATCOPY &&
-        validPitch(bltPitch(br13))
-        ? CommandCheck.OK
-        : CommandCheck.MALFORMED;
-    },
-    addresses: [
-      { kind: "surface", dword: Blt.DST_ADDRESS, pitchDword: Blt.BR13, originDword: Blt.DST_TOP_LEFT },
-    ],
-  }),
-  XY_SRC_COPY_BLT: bltSpec({
-    name: "XY_SRC_COPY_BLT",
-    opcode: BltOp.XY_SRC_COPY_BLT,
-    lengthInDw0: true,
-    minLength: 10,
-    maxLength: 10,
-    fields: (cmd) => {
-      const br13 = cmd[Blt.BR13]!;
-      return (br13 & BLT_DEPTH_MASK) === BLT_DEPTH_32 &&
-        bltRop(br13) === ROP_SRCCOPY &&
-        validPitch(bltPitch(br13)) &&
-        validPitch(bltPitch(cmd[Blt.SRC_PITCH]!))
-        ? CommandCheck.OK
-        : CommandCheck.MALFORMED;
-    },
-    addresses: [
-      { kind: "surface", dword: Blt.DST_ADDRESS, pitchDword: Blt.BR13, originDword: Blt.DST_TOP_LEFT },
-      { kind: "surface", dword: Blt.SRC_ADDRESS, pitchDword: Blt.SRC_PITCH, originDword: Blt.SRC_TOP_LEFT },
-    ],
-  }),
+  XY_COLOR_BLT: xyBlt("XY_COLOR_BLT", BltOp.XY_COLOR_BLT, 7, ROP_PATCOPY, [
+    { kind: "surface", dword: Blt.DST_ADDRESS, pitchDword: Blt.BR13, originDword: Blt.DST_TOP_LEFT },
+  ]),
+  XY_SRC_COPY_BLT: xyBlt("XY_SRC_COPY_BLT", BltOp.XY_SRC_COPY_BLT, 10, ROP_SRCCOPY, [
+    { kind: "surface", dword: Blt.DST_ADDRESS, pitchDword: Blt.BR13, originDword: Blt.DST_TOP_LEFT },
+    { kind: "surface", dword: Blt.SRC_ADDRESS, pitchDword: Blt.SRC_PITCH, originDword: Blt.SRC_TOP_LEFT },
+  ]),
 } as const satisfies Record<string, CommandSpec>;
 
 // Decoding: one array per client, indexed by opcode, so a lookup is two loads.
@@ -294,17 +289,30 @@ export interface Rect {
 
 const xy = (x: number, y: number) => (((y & 0xffff) << 16) | (x & 0xffff)) >>> 0;
 
-/** XY_COLOR_BLT: fill `rect` of a 32 bpp surface at `dst` with `color`. */
-export function xyColorBlt(dst: number, pitch: number, rect: Rect, color: number): number[] {
+/** DW0..DW5 of an XY blit of `dwords` in all: opcode and length, BR13, the destination rectangle and address. */
+function bltDestination(
+  op: number,
+  dwords: number,
+  rop: number,
+  pitch: number,
+  rect: Rect,
+  dst: number,
+): number[] {
   return [
-    ((CLIENT_2D << 29) | (BltOp.XY_COLOR_BLT << 22) | BLT_WRITE_RGBA | 5) >>> 0,
-    (BLT_DEPTH_32 | (ROP_PATCOPY << 16) | (pitch & 0xffff)) >>> 0,
+    ((CLIENT_2D << 29) | (op << 22) | BLT_WRITE_RGBA | (dwords - 2)) >>> 0,
+    (BLT_DEPTH_32 | (rop << 16) | (pitch & 0xffff)) >>> 0,
     xy(rect.x, rect.y),
     xy(rect.x + rect.width, rect.y + rect.height),
     lo(dst),
     hi(dst),
-    color >>> 0,
   ];
+}
+
+/** XY_COLOR_BLT: fill `rect` of a 32 bpp surface at `dst` with `color`. */
+export function xyColorBlt(dst: number, pitch: number, rect: Rect, color: number): number[] {
+  const out = bltDestination(BltOp.XY_COLOR_BLT, 7, ROP_PATCOPY, pitch, rect, dst);
+  out.push(color >>> 0);
+  return out;
 }
 
 /** XY_SRC_COPY_BLT: copy a `dstRect`-sized area from (srcX, srcY) of `src` to `dst`. */
@@ -317,16 +325,7 @@ export function xySrcCopyBlt(
   srcX: number,
   srcY: number,
 ): number[] {
-  return [
-    ((CLIENT_2D << 29) | (BltOp.XY_SRC_COPY_BLT << 22) | BLT_WRITE_RGBA | 8) >>> 0,
-    (BLT_DEPTH_32 | (ROP_SRCCOPY << 16) | (dstPitch & 0xffff)) >>> 0,
-    xy(dstRect.x, dstRect.y),
-    xy(dstRect.x + dstRect.width, dstRect.y + dstRect.height),
-    lo(dst),
-    hi(dst),
-    xy(srcX, srcY),
-    srcPitch & 0xffff,
-    lo(src),
-    hi(src),
-  ];
+  const out = bltDestination(BltOp.XY_SRC_COPY_BLT, 10, ROP_SRCCOPY, dstPitch, dstRect, dst);
+  out.push(xy(srcX, srcY), srcPitch & 0xffff, lo(src), hi(src));
+  return out;
 }

@@ -33,24 +33,6 @@ export const VENDOR_CAPABILITY = Uint8Array.of(
   0,
 );
 
-/** Paravirtual info block ("MGPV") at `Bar2.PV_INFO`: read-only dwords. */
-export const PvInfo = {
-  MAGIC: 0x00,
-  VERSION: 0x04,
-  /** The slice's offset in the parent's local memory (64-bit). */
-  LM_BASE_LO: 0x08,
-  LM_BASE_HI: 0x0c,
-  LM_SIZE: 0x10,
-  /** The graphics-memory partition: the GMAs the guest's GTT entries map. */
-  GM_BASE: 0x14,
-  GM_SIZE: 0x18,
-  /** Where the GTT window starts in BAR2, and how many entries it has. */
-  GTT_OFFSET: 0x1c,
-  GTT_ENTRIES: 0x20,
-  MAX_WIDTH: 0x24,
-  MAX_HEIGHT: 0x28,
-} as const;
-
 /** Bytes of BAR2 the PV block spans (reads past its fields return 0). */
 export const PV_INFO_SIZE = 0x100;
 

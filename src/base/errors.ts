@@ -2,11 +2,12 @@
  * The one base class for this project's errors. Every layer's errors extend it
  * and carry a stable `code` (an errno name such as "EINVAL", or a layer's own
  * upper-case name such as "ENOTYPE"), so callers branch on `code`, never on a
- * message, and a CLI or API can report the same code the layer raised.
+ * message, and a CLI or API can report the same code the layer raised. A
+ * layer names its codes as the type parameter: `class E extends MgpuError<"EA" | "EB"> {}`.
  */
-export class MgpuError extends Error {
+export class MgpuError<Code extends string = string> extends Error {
   constructor(
-    readonly code: string,
+    readonly code: Code,
     message: string,
     options?: { cause?: unknown },
   ) {

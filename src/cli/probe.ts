@@ -14,7 +14,6 @@ import {
   IRQ_INFO_EVENTFD,
   IRQ_INFO_MASKABLE,
   IRQ_INFO_NORESIZE,
-  type Logger,
   MIGRATION_P2P,
   MIGRATION_PRE_COPY,
   MIGRATION_STOP_COPY,
@@ -26,6 +25,7 @@ import {
   VfioUserError,
 } from "../vfio-user/index.js";
 import { type ConfigDescription, className, describeConfig } from "../pci/describe.js";
+import { quietLogger } from "../base/index.js";
 
 export interface ProbeResult {
   readonly socket: string;
@@ -50,7 +50,6 @@ export interface ProbeResult {
 
 const regionNames = ["BAR0", "BAR1", "BAR2", "BAR3", "BAR4", "BAR5", "ROM", "CONFIG", "VGA"];
 const irqNames = ["INTx", "MSI", "MSI-X", "ERR", "REQ"];
-const silent: Logger = { error() {}, warn() {}, info() {}, debug() {} };
 
 /** Asks a request that a device may not support; VfioUserError means "not there". */
 function optional<T>(fn: () => T): T | VfioUserError {
@@ -63,7 +62,7 @@ function optional<T>(fn: () => T): T | VfioUserError {
 }
 
 export function probe(socket: string): ProbeResult {
-  const client = Client.connect(socket, { logger: silent });
+  const client = Client.connect(socket, { logger: quietLogger });
   try {
     const info = client.getDeviceInfo();
     const regions: RegionInfo[] = [];

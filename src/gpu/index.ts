@@ -16,4 +16,5 @@ export {
   DEFAULT_LOCAL_MEMORY,
 } from "./parent-gpu.js";
 export { NativeDriver, EngineFault, type NativeDriverOptions } from "./native-driver.js";
+export { GpuError } from "./errors.js";
 export { DESKTOP, desktopFrame, overlappingCopy, prng, workloadSuite } from "./workloads.js";

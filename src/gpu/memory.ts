@@ -6,7 +6,9 @@
  * contiguous runs so fills and copies stay on TypedArray fill/copyWithin.
  */
 import { GTT_SYSTEM, GTT_VALID, PAGE_SHIFT, PAGE_SIZE } from "../abi/index.js";
+import { MgpuError } from "../base/index.js";
 import { Mapping, closeFd, createMemfd } from "../sys/index.js";
+import { GpuError } from "./errors.js";
 
 export class LocalMemory {
   readonly fd: number;
@@ -16,7 +18,7 @@ export class LocalMemory {
 
   constructor(readonly size: number) {
     if (size % PAGE_SIZE !== 0 || size <= 0)
-      throw new Error("local memory size must be a positive multiple of 4 KiB");
+      throw new GpuError("EINVAL", "local memory size must be a positive multiple of 4 KiB");
     this.fd = createMemfd("mgpu-local-memory", size);
     this.mapping = Mapping.ofFd(this.fd, size);
     this.bytes = this.mapping.bytes;
@@ -36,10 +38,9 @@ export interface SystemMemory {
 }
 
 /** A graphics address that has no valid translation. */
-export class GttFault extends Error {
+export class GttFault extends MgpuError<"EGTTFAULT"> {
   constructor(readonly gma: number) {
-    super(`GTT fault at 0x${gma.toString(16)}`);
-    this.name = "GttFault";
+    super("EGTTFAULT", `GTT fault at 0x${gma.toString(16)}`);
   }
 }
 

@@ -18,16 +18,18 @@ import {
   gttEntry,
   miBatchBufferStart,
 } from "../abi/index.js";
+import { MgpuError } from "../base/index.js";
+import { GpuError } from "./errors.js";
 import type { ParentGpu } from "./parent-gpu.js";
 import { Reg } from "./registers.js";
 
-export class EngineFault extends Error {
+/** The engine stopped on an error (`error`: ENGINE_ERROR, `address`: the command's GMA). */
+export class EngineFault extends MgpuError<"EENGINE"> {
   constructor(
     readonly error: number,
     readonly address: number,
   ) {
-    super(`engine stopped: error ${error} at 0x${address.toString(16)}`);
-    this.name = "EngineFault";
+    super("EENGINE", `engine stopped: error ${error} at 0x${address.toString(16)}`);
   }
 }
 
@@ -77,7 +79,7 @@ export class NativeDriver {
   alloc(bytes: number): number {
     const gma = this.next;
     const size = Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
-    if (gma + size > this.end) throw new Error("out of graphics memory");
+    if (gma + size > this.end) throw new GpuError("ENOSPC", "out of graphics memory");
     this.next += size;
     return gma;
   }
@@ -90,7 +92,8 @@ export class NativeDriver {
   /** Writes commands into the ring and moves the tail; the engine runs them. */
   submit(dwords: readonly number[]): void {
     const bytes = dwords.length * 4;
-    if (bytes >= this.ringBytes) throw new Error("command stream larger than the ring: use submitBatch");
+    if (bytes >= this.ringBytes)
+      throw new GpuError("E2BIG", "command stream larger than the ring: use submitBatch");
     const ring = this.gpu.localMemory.words;
     const start = this.ringGma / 4;
     let t = this.tail / 4;
@@ -106,7 +109,7 @@ export class NativeDriver {
 
   /** Puts commands in a batch buffer and starts it from the ring. */
   submitBatch(dwords: ArrayLike<number>): void {
-    if ((dwords.length + 1) * 4 > this.batchBytes) throw new Error("batch too large");
+    if ((dwords.length + 1) * 4 > this.batchBytes) throw new GpuError("E2BIG", "batch too large");
     const words = this.gpu.localMemory.words;
     words.set(dwords, this.batchGma / 4);
     words[this.batchGma / 4 + dwords.length] = MI_BATCH_BUFFER_END;

@@ -3,7 +3,7 @@
  * engine and interrupts behind one MMIO register space. `ParentGpu` is what
  * the mediator programs; `SoftwareGpu` is the implementation on this machine.
  */
-import { Dispi, Irq, PAGE_SIZE, QEXT_BLOCK_SIZE, gprIndex } from "../abi/index.js";
+import { Dispi, ENGINE_RESET_BIT, Irq, PAGE_SIZE, QEXT_BLOCK_SIZE, gprIndex } from "../abi/index.js";
 import { DisplayEngine, type Frame, frameToPng } from "./display.js";
 import { RenderEngine } from "./engine.js";
 import { InterruptController } from "./interrupts.js";
@@ -42,6 +42,12 @@ export interface ParentGpu {
   close(): void;
 }
 
+/** One of the parent's plain registers: its read, and its write side effect (none: read-only). */
+interface ParentRegister {
+  readonly read: () => number;
+  readonly write?: (value: number) => void;
+}
+
 export const DEFAULT_LOCAL_MEMORY = 512 << 20;
 export const DEFAULT_GTT_ENTRIES = 256 << 10;
 
@@ -57,6 +63,7 @@ export class SoftwareGpu implements ParentGpu {
   private faultAddress = 0;
   /** Run the engine as soon as the tail moves (the native driver's mode); a scheduler turns this off. */
   autoRun = true;
+  private readonly registers: Map<number, ParentRegister>;
 
   constructor(options: ParentGpuOptions = {}) {
     this.localMemory = new LocalMemory(options.localMemorySize ?? DEFAULT_LOCAL_MEMORY);
@@ -68,6 +75,7 @@ export class SoftwareGpu implements ParentGpu {
       maxHeight: options.maxHeight ?? 1600,
       memorySize: this.localMemory.size,
     });
+    this.registers = this.registerTable();
   }
 
   setSystemMemory(memory: SystemMemory | undefined): void {
@@ -81,84 +89,13 @@ export class SoftwareGpu implements ParentGpu {
   mmioRead(offset: number, size: 2 | 4 = 4): number {
     if (offset >= Reg.DISPI && offset < Reg.DISPI + Dispi.COUNT * 2)
       return this.display.readDispi((offset - Reg.DISPI) >> 1);
-    const e = this.engine;
     const gpr = gprIndex(offset);
-    if (gpr >= 0) return e.gpr[gpr]!;
+    if (gpr >= 0) return this.engine.gpr[gpr]!;
     if (offset >= Reg.GTT_BASE && offset < Reg.GTT_BASE + this.gtt.entries * 8) {
       const i = (offset - Reg.GTT_BASE) >> 3;
       return offset & 4 ? this.gtt.hi[i]! : this.gtt.lo[i]!;
     }
-    let v: number;
-    switch (offset) {
-      case Reg.GPU_ID:
-        v = GPU_ID_VALUE;
-        break;
-      case Reg.GPU_CAPS:
-        v = 0;
-        break;
-      case Reg.LOCAL_MEMORY_SIZE:
-        v = this.localMemory.size >>> 0;
-        break;
-      case Reg.GTT_ENTRIES:
-        v = this.gtt.entries;
-        break;
-      case Reg.ISR:
-        v = this.interrupts.isr;
-        break;
-      case Reg.IMR:
-        v = this.interrupts.imr;
-        break;
-      case Reg.IIR:
-        v = this.interrupts.iir;
-        break;
-      case Reg.IER:
-        v = this.interrupts.ier;
-        break;
-      case Reg.QEXT_SIZE:
-        v = QEXT_BLOCK_SIZE;
-        break;
-      case Reg.QEXT_BYTEORDER:
-        v = this.display.readByteOrder();
-        break;
-      case Reg.DISPLAY_BASE:
-        v = this.displayBase;
-        break;
-      case Reg.VBLANK_COUNT:
-        v = this.display.vblanks;
-        break;
-      case Reg.RING_START:
-        v = e.ringStart;
-        break;
-      case Reg.RING_HEAD:
-        v = e.ringHead;
-        break;
-      case Reg.RING_TAIL:
-        v = e.ringTail;
-        break;
-      case Reg.RING_CTL:
-        v = e.ringCtl;
-        break;
-      case Reg.ENGINE_STATUS:
-        v = e.status;
-        break;
-      case Reg.ENGINE_ERROR:
-        v = e.error;
-        break;
-      case Reg.ENGINE_ERROR_ADDR:
-        v = e.errorAddress;
-        break;
-      case Reg.BB_ADDR:
-        v = e.batchAddress;
-        break;
-      case Reg.FAULT_ADDR_LO:
-        v = (e.error ? e.errorAddress : this.faultAddress) >>> 0;
-        break;
-      case Reg.FAULT_ADDR_HI:
-        v = 0;
-        break;
-      default:
-        v = 0;
-    }
+    const v = this.registers.get(offset)?.read() ?? 0;
     return size === 2 ? v & 0xffff : v >>> 0;
   }
 
@@ -174,47 +111,56 @@ export class SoftwareGpu implements ParentGpu {
       else this.gtt.set(i, value, this.gtt.hi[i]!);
       return;
     }
-    const e = this.engine;
     const gpr = gprIndex(offset);
     if (gpr >= 0) {
-      e.gpr[gpr] = value; // the engine context, as a host driver saves and restores it
+      this.engine.gpr[gpr] = value; // the engine context, as a host driver saves and restores it
       return;
     }
-    switch (offset) {
-      case Reg.IMR:
-        this.interrupts.imr = value;
-        return;
-      case Reg.IIR:
-        this.interrupts.clear(value);
-        return;
-      case Reg.IER:
-        this.interrupts.ier = value;
-        return;
-      case Reg.QEXT_BYTEORDER:
-        this.display.writeByteOrder(value);
-        return;
-      case Reg.DISPLAY_BASE:
-        this.displayBase = value - (value % PAGE_SIZE);
-        return;
-      case Reg.RING_START:
-        e.ringStart = value - (value % PAGE_SIZE);
-        return;
-      case Reg.RING_HEAD:
-        e.ringHead = (value & ~3) % e.ringSize;
-        return;
-      case Reg.RING_CTL:
-        e.ringCtl = value;
-        return;
-      case Reg.RING_TAIL:
-        e.ringTail = (value & ~3) % e.ringSize;
-        if (this.autoRun) e.runToIdle();
-        return;
-      case Reg.ENGINE_RESET:
-        if (value & 1) e.reset();
-        return;
-      default:
-        return; // read-only or unknown: dropped
-    }
+    this.registers.get(offset)?.write?.(value); // read-only or unknown: dropped
+  }
+
+  /** The registers outside the DISPI, GPR and GTT windows: what a read returns, what a write does. */
+  private registerTable(): Map<number, ParentRegister> {
+    const e = this.engine;
+    const irq = this.interrupts;
+    const display = this.display;
+    return new Map<number, ParentRegister>([
+      [Reg.GPU_ID, { read: () => GPU_ID_VALUE }],
+      [Reg.GPU_CAPS, { read: () => 0 }],
+      [Reg.LOCAL_MEMORY_SIZE, { read: () => this.localMemory.size }],
+      [Reg.GTT_ENTRIES, { read: () => this.gtt.entries }],
+      [Reg.ISR, { read: () => irq.isr }],
+      [Reg.IMR, { read: () => irq.imr, write: (v) => void (irq.imr = v) }],
+      [Reg.IIR, { read: () => irq.iir, write: (v) => irq.clear(v) }],
+      [Reg.IER, { read: () => irq.ier, write: (v) => void (irq.ier = v) }],
+      [Reg.QEXT_SIZE, { read: () => QEXT_BLOCK_SIZE }],
+      [Reg.QEXT_BYTEORDER, { read: () => display.readByteOrder(), write: (v) => display.writeByteOrder(v) }],
+      [
+        Reg.DISPLAY_BASE,
+        { read: () => this.displayBase, write: (v) => void (this.displayBase = v - (v % PAGE_SIZE)) },
+      ],
+      [Reg.VBLANK_COUNT, { read: () => display.vblanks }],
+      [Reg.RING_START, { read: () => e.ringStart, write: (v) => void (e.ringStart = v - (v % PAGE_SIZE)) }],
+      [Reg.RING_HEAD, { read: () => e.ringHead, write: (v) => void (e.ringHead = (v & ~3) % e.ringSize) }],
+      [
+        Reg.RING_TAIL,
+        {
+          read: () => e.ringTail,
+          write: (v) => {
+            e.ringTail = (v & ~3) % e.ringSize;
+            if (this.autoRun) e.runToIdle();
+          },
+        },
+      ],
+      [Reg.RING_CTL, { read: () => e.ringCtl, write: (v) => void (e.ringCtl = v) }],
+      [Reg.ENGINE_STATUS, { read: () => e.status }],
+      [Reg.ENGINE_ERROR, { read: () => e.error }],
+      [Reg.ENGINE_ERROR_ADDR, { read: () => e.errorAddress }],
+      [Reg.ENGINE_RESET, { read: () => 0, write: (v) => v & ENGINE_RESET_BIT && e.reset() }],
+      [Reg.BB_ADDR, { read: () => e.batchAddress }],
+      [Reg.FAULT_ADDR_LO, { read: () => (e.error ? e.errorAddress : this.faultAddress) >>> 0 }],
+      [Reg.FAULT_ADDR_HI, { read: () => 0 }],
+    ]);
   }
 
   vblank(): void {

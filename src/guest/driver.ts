@@ -28,6 +28,7 @@ import {
   gttDwords,
   miBatchBufferStart,
 } from "../abi/index.js";
+import { MgpuError } from "../base/index.js";
 import type { PciBus } from "./bus.js";
 
 const MMIO = VgpuBar.MMIO;
@@ -47,15 +48,7 @@ const Guest = {
   },
 };
 
-export class GuestDriverError extends Error {
-  constructor(
-    readonly code: "ENODEV" | "ENOSPC" | "EIO" | "ETIMEDOUT",
-    message: string,
-  ) {
-    super(message);
-    this.name = "GuestDriverError";
-  }
-}
+export class GuestDriverError extends MgpuError<"ENODEV" | "ENOSPC" | "EIO" | "ETIMEDOUT"> {}
 
 export interface Partition {
   readonly lmSize: number;

@@ -25,12 +25,7 @@ export interface MediatorOptions {
   readonly logger?: Logger;
 }
 
-export class MediatorError extends MgpuError {
-  declare readonly code: "ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT";
-  constructor(code: "ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT", message: string) {
-    super(code, message);
-  }
-}
+export class MediatorError extends MgpuError<"ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT"> {}
 
 export class Mediator {
   readonly gpu: ParentGpu;

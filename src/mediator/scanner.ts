@@ -31,8 +31,7 @@ import { type GraphicsMemory, GttFault } from "../gpu/index.js";
 export type { ScanRejection } from "../abi/index.js";
 
 /** A submission refused: `reason` is the guest-visible verdict, `address` the offending command's GMA. */
-export class ScanError extends MgpuError {
-  declare readonly code: "EREJECTED";
+export class ScanError extends MgpuError<"EREJECTED"> {
   constructor(
     readonly reason: ScanRejection,
     readonly address: number,

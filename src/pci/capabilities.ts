@@ -4,6 +4,7 @@
  * the bytes and masks and registers the write hooks that give it behaviour.
  */
 import { Cfg, ConfigSpace, Status } from "./config-space.js";
+import { PciDeclarationError } from "./errors.js";
 
 export const CapId = { PM: 0x01, MSI: 0x05, VENDOR: 0x09, PCIE: 0x10, MSIX: 0x11 } as const;
 
@@ -16,7 +17,8 @@ export class CapabilityChain {
 
   add(id: number, length: number): number {
     const at = this.nextFree;
-    if (at + length > 0x100) throw new Error("capabilities do not fit in the 256-byte config space");
+    if (at + length > 0x100)
+      throw new PciDeclarationError("capabilities do not fit in the 256-byte config space");
     this.cfg.set8(at, id);
     this.cfg.set8(at + 1, 0);
     this.cfg.set8(this.lastNextPointer, at);
@@ -84,7 +86,8 @@ export class MsiCapability {
     vectors: number,
     onChange: () => void,
   ) {
-    if (![1, 2, 4, 8, 16, 32].includes(vectors)) throw new Error(`MSI vectors must be 1..32, a power of two`);
+    if (![1, 2, 4, 8, 16, 32].includes(vectors))
+      throw new PciDeclarationError(`MSI vectors must be 1..32, a power of two`);
     this.vectors = vectors;
     this.offset = chain.add(CapId.MSI, 24);
     const at = this.offset;
@@ -157,14 +160,16 @@ export class MsixCapability {
     private readonly onChange: () => void,
   ) {
     const n = decl.vectors;
-    if (!Number.isInteger(n) || n < 1 || n > 2048) throw new Error("MSI-X vectors must be 1..2048");
+    if (!Number.isInteger(n) || n < 1 || n > 2048)
+      throw new PciDeclarationError("MSI-X vectors must be 1..2048");
     if (decl.tableOffset % 8 || decl.pbaOffset % 8)
-      throw new Error("MSI-X table and PBA must be 8-byte aligned");
+      throw new PciDeclarationError("MSI-X table and PBA must be 8-byte aligned");
     this.tableSize = n * 16;
     this.pbaSize = Math.ceil(n / 64) * 8;
     const t0 = decl.tableOffset;
     const p0 = decl.pbaOffset;
-    if (t0 < p0 + this.pbaSize && p0 < t0 + this.tableSize) throw new Error("MSI-X table and PBA overlap");
+    if (t0 < p0 + this.pbaSize && p0 < t0 + this.tableSize)
+      throw new PciDeclarationError("MSI-X table and PBA overlap");
     this.offset = chain.add(CapId.MSIX, 12);
     cfg.set16(this.offset + 2, n - 1);
     cfg.mask(this.offset + 2, 2, 0xc000); // enable, function mask
@@ -286,7 +291,7 @@ export class PcieCapability {
 
 /** A vendor-specific capability: id, next, length, then the device's bytes (read-only). */
 export function addVendorCapability(cfg: ConfigSpace, chain: CapabilityChain, data: Uint8Array): number {
-  if (data.length + 3 > 0xff) throw new Error("vendor capability too long");
+  if (data.length + 3 > 0xff) throw new PciDeclarationError("vendor capability too long");
   const at = chain.add(CapId.VENDOR, 3 + data.length);
   cfg.set8(at + 2, 3 + data.length);
   cfg.bytes.set(data, at + 3);

@@ -6,6 +6,7 @@
  * masked value is stored — the one place side effects live.
  */
 import { VfioUserError, Errno } from "../vfio-user/index.js";
+import { maskedWrite } from "./masked-write.js";
 
 export type WriteHook = (offset: number, size: number) => void;
 
@@ -119,10 +120,7 @@ export class ConfigSpace {
       throw new VfioUserError(Errno.EINVAL, `config write of ${count} bytes at 0x${offset.toString(16)}`);
     for (let i = 0; i < count; i++) {
       const o = offset + i;
-      const v = data[at + i]!;
-      const w = this.writable[o]!;
-      const clear = this.w1c[o]! & v;
-      this.bytes[o] = ((this.bytes[o]! & ~w) | (v & w)) & ~clear;
+      this.bytes[o] = maskedWrite(this.bytes[o]!, data[at + i]!, this.writable[o]!, this.w1c[o]!);
     }
     const end = offset + count;
     for (const h of this.hooks) if (offset < h.end && h.start < end) h.hook(offset, count);

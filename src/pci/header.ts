@@ -1,5 +1,6 @@
 /** The type-0 header: identity, command/status rules, BARs and the expansion ROM. */
 import { Cfg, Command, ConfigSpace, Status } from "./config-space.js";
+import { PciDeclarationError } from "./errors.js";
 
 export type BarKind = "mem32" | "mem64" | "io";
 
@@ -32,16 +33,20 @@ export function validateBars(bars: readonly BarDeclaration[]): void {
   const used = new Set<number>();
   for (const b of bars) {
     if (!Number.isInteger(b.index) || b.index < 0 || b.index > 5)
-      throw new Error(`BAR index ${b.index} out of 0..5`);
-    if (!isPowerOfTwo(b.size)) throw new Error(`BAR${b.index} size ${b.size} is not a power of two`);
+      throw new PciDeclarationError(`BAR index ${b.index} out of 0..5`);
+    if (!isPowerOfTwo(b.size))
+      throw new PciDeclarationError(`BAR${b.index} size ${b.size} is not a power of two`);
     if (b.kind === "io" && (b.size < 4 || b.size > 256))
-      throw new Error(`I/O BAR${b.index} must be 4..256 bytes`);
-    if (b.kind !== "io" && b.size < 16) throw new Error(`memory BAR${b.index} must be at least 16 bytes`);
-    if (b.kind === "mem32" && b.size > 2 ** 31) throw new Error(`BAR${b.index} too large for 32 bits`);
+      throw new PciDeclarationError(`I/O BAR${b.index} must be 4..256 bytes`);
+    if (b.kind !== "io" && b.size < 16)
+      throw new PciDeclarationError(`memory BAR${b.index} must be at least 16 bytes`);
+    if (b.kind === "mem32" && b.size > 2 ** 31)
+      throw new PciDeclarationError(`BAR${b.index} too large for 32 bits`);
     const slots = b.kind === "mem64" ? [b.index, b.index + 1] : [b.index];
-    if (b.kind === "mem64" && b.index === 5) throw new Error("a 64-bit BAR cannot start at BAR5");
+    if (b.kind === "mem64" && b.index === 5)
+      throw new PciDeclarationError("a 64-bit BAR cannot start at BAR5");
     for (const s of slots) {
-      if (used.has(s)) throw new Error(`BAR slot ${s} declared twice`);
+      if (used.has(s)) throw new PciDeclarationError(`BAR slot ${s} declared twice`);
       used.add(s);
     }
   }
@@ -102,7 +107,7 @@ export function initHeader(
   }
   if (rom !== undefined) {
     if (!isPowerOfTwo(rom) || rom < 2048)
-      throw new Error(`expansion ROM size ${rom} must be a power of two ≥ 2 KiB`);
+      throw new PciDeclarationError(`expansion ROM size ${rom} must be a power of two ≥ 2 KiB`);
     cfg.mask(Cfg.ROM_ADDRESS, 4, (~(rom - 1) & 0xfffff800) | 1);
   }
 }

@@ -53,6 +53,7 @@ import { DmaSpace } from "./dma.js";
 import { type BarDeclaration, INTX_PIN_A, type Identity, initHeader, validateBars } from "./header.js";
 import { Interrupts } from "./interrupts.js";
 import { Migration, type MigrationHooks, type MigrationSupport } from "./migration.js";
+import { PciDeclarationError } from "./errors.js";
 
 /** Serves the trapped part of a region. Buffers are the connection's; copy what you keep. */
 export interface RegionHandler {
@@ -137,11 +138,11 @@ export class PciDevice implements VfioDevice {
     if (options.msix) {
       const bar = options.bars.find((b) => b.index === options.msix!.bar);
       if (!bar || bar.kind === "io")
-        throw new Error(`MSI-X table BAR${options.msix.bar} is not a memory BAR`);
+        throw new PciDeclarationError(`MSI-X table BAR${options.msix.bar} is not a memory BAR`);
       this.msix = new MsixCapability(this.config, chain, options.msix, masks);
       const m = this.msix;
       if (m.decl.tableOffset + m.tableSize > bar.size || m.decl.pbaOffset + m.pbaSize > bar.size)
-        throw new Error("MSI-X table or PBA does not fit its BAR");
+        throw new PciDeclarationError("MSI-X table or PBA does not fit its BAR");
     }
     if (options.pcie) this.pcieCap = new PcieCapability(this.config, chain, () => this.functionReset("flr"));
     if (options.vendorCapability) addVendorCapability(this.config, chain, options.vendorCapability);
@@ -151,7 +152,7 @@ export class PciDevice implements VfioDevice {
       const areas = spec.memory ? (spec.memory.areas ?? [{ offset: 0, size: spec.size }]) : [];
       for (const a of areas)
         if (a.offset < 0 || a.offset + a.size > spec.size || a.offset % 4096 || a.size % 4096)
-          throw new Error(`BAR${spec.index} mmap area must be page-aligned and inside the BAR`);
+          throw new PciDeclarationError(`BAR${spec.index} mmap area must be page-aligned and inside the BAR`);
       const mapping = spec.memory
         ? Mapping.ofFd(spec.memory.fd, spec.size, { offset: spec.memory.fdOffset ?? 0 })
         : undefined;
@@ -175,7 +176,7 @@ export class PciDevice implements VfioDevice {
   /** The bytes behind a BAR's memory (the device's side of the mmap areas). */
   barMemory(index: number): Uint8Array {
     const m = this.bars[index]?.mapping;
-    if (!m) throw new Error(`BAR${index} has no memory`);
+    if (!m) throw new PciDeclarationError(`BAR${index} has no memory`);
     return m.bytes;
   }
 

@@ -6,6 +6,8 @@
  * writes, reported through `onUnknown` (for a rate-limited log line).
  */
 import { Errno, VfioUserError } from "../vfio-user/index.js";
+import { PciDeclarationError } from "./errors.js";
+import { maskedWrite } from "./masked-write.js";
 
 export interface RegisterSpec {
   readonly offset: number;
@@ -31,13 +33,14 @@ export class RegisterFile {
     specs: readonly RegisterSpec[],
     private readonly onUnknown?: (offset: number, write: boolean) => void,
   ) {
-    if (size % 4 !== 0) throw new Error("register range size must be a multiple of 4");
+    if (size % 4 !== 0) throw new PciDeclarationError("register range size must be a multiple of 4");
     this.values = new Uint32Array(size / 4);
     this.specs = new Array<RegisterSpec | undefined>(size / 4);
     for (const s of specs) {
       if (s.offset % 4 !== 0 || s.offset < 0 || s.offset >= size)
-        throw new Error(`register ${s.name} at bad offset`);
-      if (this.specs[s.offset / 4]) throw new Error(`two registers at 0x${s.offset.toString(16)}`);
+        throw new PciDeclarationError(`register ${s.name} at bad offset`);
+      if (this.specs[s.offset / 4])
+        throw new PciDeclarationError(`two registers at 0x${s.offset.toString(16)}`);
       this.specs[s.offset / 4] = s;
       this.byName.set(s.name, s);
     }
@@ -51,14 +54,14 @@ export class RegisterFile {
 
   get(name: string): number {
     const s = this.byName.get(name);
-    if (!s) throw new Error(`no register ${name}`);
+    if (!s) throw new PciDeclarationError(`no register ${name}`);
     return s.read ? s.read() >>> 0 : this.values[s.offset / 4]!;
   }
 
   /** Sets a register's stored value directly (device side: no masks, no hooks). */
   set(name: string, value: number): void {
     const s = this.byName.get(name);
-    if (!s) throw new Error(`no register ${name}`);
+    if (!s) throw new PciDeclarationError(`no register ${name}`);
     this.values[s.offset / 4] = value >>> 0;
   }
 
@@ -98,9 +101,13 @@ export class RegisterFile {
         lanes |= 0xff << (8 * (byte0 + b));
       }
       const previous = this.values[index]!;
-      const writable = (spec.writable ?? 0xffffffff) & lanes;
-      const clear = (spec.w1c ?? 0) & lanes & incoming;
-      const next = (((previous & ~writable) | (incoming & writable)) & ~clear) >>> 0;
+      // Only the byte lanes written take part.
+      const next = maskedWrite(
+        previous,
+        incoming,
+        (spec.writable ?? 0xffffffff) & lanes,
+        (spec.w1c ?? 0) & lanes,
+      );
       this.values[index] = next;
       spec.write?.(next, previous);
       i += n;

@@ -7,6 +7,7 @@
  *   3 copies the start of BAR2 into guest memory; each raises MSI-X vector 0;
  * - migration: its registers and BAR2 travel in the migration stream.
  */
+import { MgpuError } from "../base/index.js";
 import { closeFd, createMemfd } from "../sys/index.js";
 import { PciDevice, RegisterFile } from "../pci/index.js";
 
@@ -25,6 +26,13 @@ export const Reg = {
 } as const;
 export const STATUS_DONE = 1;
 const BAR2_SIZE = 1 << 20;
+
+/** A migration stream whose device state is not this device's size. */
+export class SampleStateError extends MgpuError<"EBADSTATE"> {
+  constructor(got: number, expected: number) {
+    super("EBADSTATE", `device state of ${got} bytes, expected ${expected}`);
+  }
+}
 
 export class SampleDevice {
   readonly pci: PciDevice;
@@ -102,7 +110,7 @@ export class SampleDevice {
 
   private load(state: Uint8Array): void {
     if (state.length !== this.regs.values.byteLength + BAR2_SIZE)
-      throw new Error(`state of ${state.length} bytes`);
+      throw new SampleStateError(state.length, this.regs.values.byteLength + BAR2_SIZE);
     new Uint8Array(this.regs.values.buffer).set(state.subarray(0, this.regs.values.byteLength));
     this.pci.barMemory(2).set(state.subarray(this.regs.values.byteLength));
   }

@@ -27,8 +27,9 @@ import { ClientBus } from "../../src/vmm/client-bus.js";
 import { Client } from "../../src/vfio-user/index.js";
 import { Mapping, closeFd, createMemfd } from "../../src/sys/index.js";
 import { ServeProcess } from "../support/serve-process.js";
+import { quietLogger } from "../../src/base/index.js";
 
-const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
+const quiet = { logger: quietLogger };
 let dir: string;
 let serve: ServeProcess;
 const A = "aaaaaaaa-0000-4000-8000-000000000001";

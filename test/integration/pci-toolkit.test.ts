@@ -26,8 +26,9 @@ import {
 import { describeConfig } from "../../src/pci/index.js";
 import { Reg } from "../../src/samples/sample-device.js";
 import { type ServerProcess, startSampleServer } from "../support/server-process.js";
+import { quietLogger } from "../../src/base/index.js";
 
-const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
+const quiet = { logger: quietLogger };
 const errno = (code: string) => (e: unknown) => e instanceof VfioUserError && e.code === code;
 
 function u32(v: number): Uint8Array {

@@ -13,8 +13,9 @@ import { NativeDriver, SoftwareGpu, desktopFrame, pngToFrame } from "../../src/g
 import { GuestDriver } from "../../src/guest/index.js";
 import { type MemoryModel, SimVm } from "../../src/vmm/sim/vm.js";
 import { ServeProcess } from "../support/serve-process.js";
+import { quietLogger } from "../../src/base/index.js";
 
-const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+const quiet = quietLogger;
 const MiB = 1 << 20;
 let dir: string;
 let serve: ServeProcess;

@@ -21,10 +21,11 @@ import {
 } from "../../src/vfio-user/index.js";
 import { Prng } from "../support/prng.js";
 import { type ServerProcess, startFixtureServer } from "../support/server-process.js";
+import { quietLogger } from "../../src/base/index.js";
 
 const MESSAGES = Number(process.env.MGPU_FUZZ_COUNT ?? 10_000);
 const PING_ID = 0xffff;
-const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
+const quiet = { logger: quietLogger };
 
 /** A raw protocol speaker: frames by hand, answers server requests with errors. */
 class RawPeer {

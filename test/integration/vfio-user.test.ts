@@ -20,8 +20,9 @@ import {
 } from "../../src/vfio-user/index.js";
 import { SAMPLE_DEVICE, SAMPLE_ID_REGISTER, SAMPLE_VENDOR } from "../fixtures/sample-device.js";
 import { type ServerProcess, startFixtureServer } from "../support/server-process.js";
+import { quietLogger } from "../../src/base/index.js";
 
-const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
+const quiet = { logger: quietLogger };
 
 function u32(v: number): Uint8Array {
   const b = new Uint8Array(4);

@@ -1,15 +1,11 @@
-/** A small seeded PRNG (mulberry32) so randomized tests reproduce from their seed. */
+/** A seeded PRNG so randomized tests reproduce from their seed: the workloads' generator (mulberry32), with helpers. */
+import { prng } from "../../src/gpu/index.js";
+
 export class Prng {
-  private state: number;
-  constructor(readonly seed: number) {
-    this.state = seed >>> 0;
-  }
   /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  readonly next: () => number;
+  constructor(readonly seed: number) {
+    this.next = prng(seed);
   }
   /** Integer in [0, n). */
   int(n: number): number {

@@ -9,6 +9,7 @@ import { EngineReg, encodeOps, miBatchBufferStart, miLoadRegisterImm, xyColorBlt
 import { desktopFrame } from "../../gpu/index.js";
 import { GuestDriver, GuestDriverError } from "../../guest/index.js";
 import { type MemoryModel, SimVm } from "./vm.js";
+import { quietLogger } from "../../base/index.js";
 
 export interface VmWorkerInput {
   readonly name: string;
@@ -41,7 +42,7 @@ export interface VmWorkerResult {
 
 const MiB = 1 << 20;
 const input = workerData as VmWorkerInput;
-const quiet = { error() {}, warn() {}, info() {}, debug() {} };
+const quiet = quietLogger;
 
 function main(): VmWorkerResult {
   const vm = new SimVm({
