@@ -1,5 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import * as abi from "./index.js";
 
 const rect = { x: 1, y: 2, width: 30, height: 40 };
@@ -96,4 +99,22 @@ test("abi: BAR2's register blocks do not overlap and fit the BAR; GTT entries en
     const { lo, hi } = abi.gttDwords(kind, address);
     assert.equal((BigInt(hi) << 32n) | BigInt(lo), abi.gttEntry(kind, address));
   }
+});
+
+test("abi: imports nothing but the error base class; the guest driver imports only abi/, base/ and its bus", () => {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const importsOf = (folder: string) =>
+    readdirSync(join(here, "..", folder))
+      .filter((f) => f.endsWith(".js") && !f.endsWith(".test.js"))
+      .flatMap((f) =>
+        [
+          ...readFileSync(join(here, "..", folder, f), "utf8").matchAll(
+            /^(?:import|export)\b[^;]*? from "([^"]+)"/gms,
+          ),
+        ].map((m) => `${f}: ${m[1]}`),
+      );
+  for (const line of importsOf("abi"))
+    assert.match(line, /: \.\/[\w-]+\.js$|: \.\.\/base\/errors\.js$/, `abi/ reaches outside: ${line}`);
+  for (const line of importsOf("guest"))
+    assert.match(line, /: \.\/[\w-]+\.js$|: \.\.\/(abi|base)\/index\.js$/, `guest/ reaches outside: ${line}`);
 });

@@ -4,7 +4,7 @@
  * native driver and a guest driver behind a vGPU submit the very same
  * commands and their figures compare as a ratio.
  */
-import { MgpuError } from "../base/index.js";
+import { MgpuError } from "../base/errors.js";
 import { type Rect, xyColorBlt, xySrcCopyBlt } from "./commands.js";
 
 export interface Surface {
