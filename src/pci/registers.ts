@@ -115,7 +115,11 @@ export class RegisterFile {
   }
 
   private check(offset: number, count: number): void {
-    if (![1, 2, 4, 8].includes(count) || offset < 0 || offset + count > this.size)
+    if (
+      (count !== 1 && count !== 2 && count !== 4 && count !== 8) ||
+      offset < 0 ||
+      offset + count > this.size
+    )
       throw new VfioUserError(Errno.EINVAL, `register access of ${count} bytes at 0x${offset.toString(16)}`);
   }
 }
