@@ -70,31 +70,48 @@ export const Blt = {
 export const CommandCheck = { OK: 0, MALFORMED: 1, BAD_REGISTER: 2 } as const;
 export type CommandCheckResult = (typeof CommandCheck)[keyof typeof CommandCheck];
 
-/** A graphics address a command carries: at `dword` (low) and `dword + 1` (high). */
-export type AddressOperand =
-  | {
-      /** `(length - 3) * 4` bytes of data written at the address (low bits under `align` ignored). */
-      readonly kind: "data";
-      readonly dword: number;
-      readonly align: number;
-      /** Only when DW0 has this bit set (0: always). */
-      readonly when: number;
-    }
-  | {
-      /** Where a batch buffer starts (followed by the scanner). */
-      readonly kind: "batch";
-      readonly dword: number;
-    }
-  | {
-      /**
-       * A 32 bpp blit surface: the rows of the blit's height, from the Y of
-       * `originDword`, at the pitch in bits 15:0 of `pitchDword`.
-       */
-      readonly kind: "surface";
-      readonly dword: number;
-      readonly pitchDword: number;
-      readonly originDword: number;
-    };
+/**
+ * A graphics address a command carries, at `dword` (low) and `dword + 1` (high):
+ * - "data": `(length - 3) * 4` bytes written at the address (its low bits under
+ *   `align` ignored), only when DW0 has the `when` bit (0: always);
+ * - "batch": where a batch buffer starts (the scanner follows it);
+ * - "surface": a 32 bpp blit surface, the rows of the blit's height from the Y
+ *   of `originDword`, at the pitch in bits 15:0 of `pitchDword`.
+ * Every operand has every field (unused ones 0), so the scanner's loads stay monomorphic.
+ */
+export interface AddressOperand {
+  readonly kind: "data" | "batch" | "surface";
+  readonly dword: number;
+  readonly align: number;
+  readonly when: number;
+  readonly pitchDword: number;
+  readonly originDword: number;
+}
+
+const dataOperand = (dword: number, align: number, when: number): AddressOperand => ({
+  kind: "data",
+  dword,
+  align,
+  when,
+  pitchDword: 0,
+  originDword: 0,
+});
+const batchOperand = (dword: number): AddressOperand => ({
+  kind: "batch",
+  dword,
+  align: 4,
+  when: 0,
+  pitchDword: 0,
+  originDword: 0,
+});
+const surfaceOperand = (dword: number, pitchDword: number, originDword: number): AddressOperand => ({
+  kind: "surface",
+  dword,
+  align: 1,
+  when: 0,
+  pitchDword,
+  originDword,
+});
 
 export interface CommandSpec {
   readonly name: string;
@@ -120,16 +137,18 @@ const miSpec = (s: SpecInput): CommandSpec => spec(CLIENT_MI, s);
 const bltSpec = (s: SpecInput): CommandSpec => spec(CLIENT_2D, s);
 function spec(clientId: number, s: SpecInput): CommandSpec {
   const lengthInDw0 = s.lengthInDw0 ?? false;
+  // Every entry built with the same keys in the same order: one hidden class for the decoders.
   return {
+    name: s.name,
     client: clientId,
+    opcode: s.opcode,
     lengthInDw0,
-    minLength: lengthInDw0 ? 2 : 1,
-    maxLength: lengthInDw0 ? MAX_COMMAND_DWORDS : 1,
-    oddLength: false,
-    privileged: false,
-    fields: undefined,
-    addresses: [],
-    ...s,
+    minLength: s.minLength ?? (lengthInDw0 ? 2 : 1),
+    maxLength: s.maxLength ?? (lengthInDw0 ? MAX_COMMAND_DWORDS : 1),
+    oddLength: s.oddLength ?? false,
+    privileged: s.privileged ?? false,
+    fields: s.fields,
+    addresses: s.addresses ?? [],
   };
 }
 
@@ -144,7 +163,7 @@ function xyBlt(
   opcode: number,
   length: number,
   rop: number,
-  surfaces: readonly (AddressOperand & { kind: "surface" })[],
+  surfaces: readonly AddressOperand[],
 ): CommandSpec {
   const pitchDwords = surfaces.map((s) => s.pitchDword);
   return bltSpec({
@@ -176,7 +195,7 @@ export const Commands = {
     minLength: 4,
     maxLength: 5,
     fields: aligned4(1),
-    addresses: [{ kind: "data", dword: 1, align: 1, when: 0 }],
+    addresses: [dataOperand(1, 1, 0)],
   }),
   LOAD_REGISTER_IMM: miSpec({
     name: "MI_LOAD_REGISTER_IMM",
@@ -196,7 +215,7 @@ export const Commands = {
     lengthInDw0: true,
     minLength: 4,
     maxLength: 5,
-    addresses: [{ kind: "data", dword: 1, align: 8, when: FLUSH_POST_SYNC_WRITE }],
+    addresses: [dataOperand(1, 8, FLUSH_POST_SYNC_WRITE)],
   }),
   BATCH_BUFFER_START: miSpec({
     name: "MI_BATCH_BUFFER_START",
@@ -205,14 +224,14 @@ export const Commands = {
     minLength: 3,
     maxLength: 3,
     fields: aligned4(1),
-    addresses: [{ kind: "batch", dword: 1 }],
+    addresses: [batchOperand(1)],
   }),
   XY_COLOR_BLT: xyBlt("XY_COLOR_BLT", BltOp.XY_COLOR_BLT, 7, ROP_PATCOPY, [
-    { kind: "surface", dword: Blt.DST_ADDRESS, pitchDword: Blt.BR13, originDword: Blt.DST_TOP_LEFT },
+    surfaceOperand(Blt.DST_ADDRESS, Blt.BR13, Blt.DST_TOP_LEFT),
   ]),
   XY_SRC_COPY_BLT: xyBlt("XY_SRC_COPY_BLT", BltOp.XY_SRC_COPY_BLT, 10, ROP_SRCCOPY, [
-    { kind: "surface", dword: Blt.DST_ADDRESS, pitchDword: Blt.BR13, originDword: Blt.DST_TOP_LEFT },
-    { kind: "surface", dword: Blt.SRC_ADDRESS, pitchDword: Blt.SRC_PITCH, originDword: Blt.SRC_TOP_LEFT },
+    surfaceOperand(Blt.DST_ADDRESS, Blt.BR13, Blt.DST_TOP_LEFT),
+    surfaceOperand(Blt.SRC_ADDRESS, Blt.SRC_PITCH, Blt.SRC_TOP_LEFT),
   ]),
 } as const satisfies Record<string, CommandSpec>;
 

@@ -7,8 +7,8 @@
  * rejected with the address of the offending command.
  */
 import {
-  type AddressOperand,
   BB_SECOND_LEVEL,
+  Blt,
   CLIENT_2D,
   CLIENT_MI,
   CommandCheck,
@@ -160,30 +160,28 @@ export class Scanner {
     const verdict = checkCommand(spec, this.cmd, len);
     if (verdict === CommandCheck.BAD_REGISTER) throw new ScanError("register-not-allowed", address);
     if (verdict !== CommandCheck.OK) throw new ScanError("malformed-command", address);
-    for (const operand of spec.addresses) this.checkOperand(operand, len, address);
-  }
-
-  private checkOperand(operand: AddressOperand, len: number, address: number): void {
+    const operands = spec.addresses;
+    if (operands.length === 0) return;
     const c = this.cmd;
-    const at = address64(c[operand.dword]!, c[operand.dword + 1]!);
-    switch (operand.kind) {
-      case "data":
-        if (operand.when === 0 || c[0]! & operand.when)
-          this.checkRange(at - (at % operand.align), (len - 3) * 4, address);
-        return;
-      case "batch":
-        return; // followed (and checked) by the scan loop
-      case "surface": {
-        // Blits clip to the surfaces' left/top edges and pitch; a blit empty after that touches nothing.
-        const topLeft = c[2]!;
-        const bottomRight = c[3]!;
-        const height = coordY(bottomRight) - coordY(topLeft);
-        if (coordY(bottomRight) <= Math.max(0, coordY(topLeft))) return;
-        if (coordX(bottomRight) <= Math.max(0, coordX(topLeft))) return;
+    // Blits clip to the surfaces' left/top edges and pitch: one empty after that touches nothing.
+    let height = 0;
+    if (operands[0]!.kind === "surface") {
+      const topLeft = c[Blt.DST_TOP_LEFT]!;
+      const bottomRight = c[Blt.DST_BOTTOM_RIGHT]!;
+      if (coordY(bottomRight) <= Math.max(0, coordY(topLeft))) return;
+      if (coordX(bottomRight) <= Math.max(0, coordX(topLeft))) return;
+      height = coordY(bottomRight) - coordY(topLeft);
+    }
+    for (let i = 0; i < operands.length; i++) {
+      const operand = operands[i]!;
+      const at = address64(c[operand.dword]!, c[operand.dword + 1]!);
+      if (operand.kind === "surface") {
         const y = coordY(c[operand.originDword]!);
         this.checkRows(at, bltPitch(c[operand.pitchDword]!), Math.max(0, y), y + height, address);
-        return;
-      }
+      } else if (operand.kind === "data") {
+        if (operand.when === 0 || c[0]! & operand.when)
+          this.checkRange(at - (at % operand.align), (len - 3) * 4, address);
+      } // "batch": followed (and checked) by the scan loop
     }
   }
 
