@@ -13,6 +13,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   gpu: async () => (await import("./gpu.js")).run,
   mediation: async () => (await import("./mediation.js")).run,
   scale: async () => (await import("./scale.js")).run,
+  guest: async () => (await import("./guest.js")).run,
 };
 
 async function main(): Promise<void> {

@@ -321,36 +321,45 @@ uint32_t *mgpu_slot(struct mgpu *g, unsigned *slot, int timeout_ms, struct mgpu_
   return (uint32_t *)(g->sys + 2 * MGPU_RING_BYTES + (size_t)s * MGPU_SLOT_BYTES);
 }
 
-/* Four dwords in the ring (a batch start and a no-op), then the one trapped write. */
+/* Four dwords in the ring: a batch start and a no-op (the device sees them at the next kick). */
 static void ring_emit_batch(struct mgpu *g, uint32_t batch_gma, int second_level) {
   uint32_t *r = g->ring + g->tail / 4;
   mgpu_bb_start(r, batch_gma, second_level);
   r[3] = MI(MGPU_MI_NOOP, 0);
   g->tail = (g->tail + 16) % MGPU_RING_BYTES;
+}
+
+void mgpu_kick(struct mgpu *g) {
   __sync_synchronize(); /* the commands are in memory before the device hears of them */
   mgpu_write(g, MGPU_REG_RING_TAIL, g->tail);
 }
 
-uint32_t mgpu_submit(struct mgpu *g, unsigned slot, unsigned ndw) {
+uint32_t mgpu_queue(struct mgpu *g, unsigned slot, unsigned ndw, int interrupt) {
   uint32_t *b = (uint32_t *)(g->sys + 2 * MGPU_RING_BYTES + (size_t)slot * MGPU_SLOT_BYTES);
-  uint32_t seqno = ++g->seqno;
   if ((ndw + 6) * 4 > MGPU_SLOT_BYTES) return 0;
-  /* Breadcrumb: store the seqno in the status page, then interrupt. */
+  uint32_t seqno = ++g->seqno;
+  /* Breadcrumb: store the seqno in the status page, then (if someone will wait on it) interrupt. */
   b[ndw++] = MI(MGPU_MI_STORE_DATA_IMM, (1u << 22) | 2);
   b[ndw++] = g->hwsp_gma;
   b[ndw++] = 0;
   b[ndw++] = seqno;
-  b[ndw++] = MI(MGPU_MI_USER_INTERRUPT, 0);
+  b[ndw++] = interrupt ? MI(MGPU_MI_USER_INTERRUPT, 0) : MI(MGPU_MI_NOOP, 0);
   b[ndw++] = MI(MGPU_MI_BATCH_BUFFER_END, 0);
   g->slot_seqno[slot] = seqno;
-  uint32_t gma = g->sys_gma + 2 * MGPU_RING_BYTES + slot * MGPU_SLOT_BYTES;
-  ring_emit_batch(g, gma, 0);
+  ring_emit_batch(g, g->sys_gma + 2 * MGPU_RING_BYTES + slot * MGPU_SLOT_BYTES, 0);
+  return seqno;
+}
+
+uint32_t mgpu_submit(struct mgpu *g, unsigned slot, unsigned ndw) {
+  uint32_t seqno = mgpu_queue(g, slot, ndw, 1);
+  if (seqno) mgpu_kick(g);
   return seqno;
 }
 
 void mgpu_submit_raw(struct mgpu *g, uint32_t batch_gma, uint32_t seqno_for_slot, int slot) {
   if (slot >= 0) g->slot_seqno[slot] = seqno_for_slot;
   ring_emit_batch(g, batch_gma, 0);
+  mgpu_kick(g);
 }
 
 static uint64_t consume_irq(struct mgpu *g) {

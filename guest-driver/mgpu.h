@@ -38,8 +38,8 @@ struct mgpu_error {
   uint32_t address; /* ENGINE_ERROR_ADDR */
 };
 
-#define MGPU_SLOTS 4
-#define MGPU_SLOT_BYTES (128u << 10)
+#define MGPU_SLOTS 32
+#define MGPU_SLOT_BYTES (32u << 10)
 #define MGPU_RING_BYTES (64u << 10)
 
 struct mgpu {
@@ -105,6 +105,14 @@ unsigned mgpu_bb_start(uint32_t *out, uint32_t gma, int second_level);
  */
 uint32_t *mgpu_slot(struct mgpu *g, unsigned *slot, int timeout_ms, struct mgpu_error *err);
 uint32_t mgpu_submit(struct mgpu *g, unsigned slot, unsigned ndw);
+/*
+ * The same in two steps, for queueing several requests behind one tail write:
+ * mgpu_queue() puts the request in the ring (with a user interrupt only if
+ * asked: the last of a group, the one a waiter sleeps on), mgpu_kick() moves
+ * the tail. Any seqno of the group completes no later than the interrupting one.
+ */
+uint32_t mgpu_queue(struct mgpu *g, unsigned slot, unsigned ndw, int interrupt);
+void mgpu_kick(struct mgpu *g);
 /* Starts a batch anywhere in our graphics memory (no breadcrumb added). */
 void mgpu_submit_raw(struct mgpu *g, uint32_t batch_gma, uint32_t seqno_for_slot, int slot);
 /* Sleeps on the MSI eventfd until the breadcrumb reaches seqno. 0, -EIO (err filled) or -ETIMEDOUT. */
