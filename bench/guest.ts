@@ -23,6 +23,7 @@ import { bootGuest, guestTree } from "../test/e2e/guest.js";
 import {
   BIND_VGPU,
   VFIO_MODULES,
+  VIOMMU_KERNEL_ARGS,
   buildGuestDriver,
   guestFiles,
   vgpuQemuArgs,
@@ -105,7 +106,7 @@ export async function run(): Promise<BenchReport> {
     const r = await bootGuest({
       tree,
       memoryMiB: 256,
-      append: "intel_iommu=on",
+      append: VIOMMU_KERNEL_ARGS,
       modules: VFIO_MODULES,
       files: guestFiles(build),
       qemuArgs: [...vgpuQemuArgs(daemon.vgpus[0]!.socket.slice(tree.length), 256), ...line.qemuArgs],

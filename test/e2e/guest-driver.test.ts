@@ -17,6 +17,7 @@ import { bootGuest, requireGuestTree } from "./guest.js";
 import {
   BIND_VGPU,
   VFIO_MODULES,
+  VIOMMU_KERNEL_ARGS,
   guestFiles,
   nativeResults,
   requireGuestDriver,
@@ -48,7 +49,7 @@ test("the C guest driver renders the workload suite in a Linux guest, pixel for 
     const r = await bootGuest({
       tree,
       memoryMiB: 256,
-      append: "intel_iommu=on",
+      append: VIOMMU_KERNEL_ARGS,
       modules: VFIO_MODULES,
       files: guestFiles(build),
       qemuArgs: [...vgpuQemuArgs(serve.vgpus[0]!.socket.slice(tree.length), 256), ...line.qemuArgs],

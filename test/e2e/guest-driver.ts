@@ -210,6 +210,14 @@ export function nativeResults(suite: readonly Workload[] = workloadSuite()): Nat
 
 // ------------------------------------------------------------ guest set-up
 
+/**
+ * Kernel arguments for a guest with the vIOMMU: its DMA remapping on; and no
+ * boot-time check of the timer interrupt, which a slow TCG guest with
+ * interrupt remapping can fail ("timer doesn't work through Interrupt-remapped
+ * IO-APIC", a panic) on a loaded host.
+ */
+export const VIOMMU_KERNEL_ARGS = "intel_iommu=on no_timer_check";
+
 /** vfio-pci and what it needs, in insmod order (the guest driver runs over it). */
 export const VFIO_MODULES: readonly string[] = [
   "vfio",
@@ -231,9 +239,18 @@ echo DRIVER=$(basename "$(readlink /sys/bus/pci/devices/$D/driver)")
 echo IOMMU_GROUP=$(basename "$(readlink /sys/bus/pci/devices/$D/iommu_group)")
 `;
 
-/** QEMU options for a guest with fd-shared RAM, a vIOMMU, and the vGPU at `socket` (as QEMU sees it). */
-export function vgpuQemuArgs(socket: string, memoryMiB: number): string[] {
-  return [...sharedMemory(memoryMiB), "-device", "intel-iommu,caching-mode=on", ...vfioUserDevice(socket)];
+/**
+ * QEMU options for a guest with a vIOMMU and the vGPU at `socket` (as QEMU sees it). Guest RAM is
+ * shared with the device model by fd unless `sharedRam` is false: then QEMU maps DMA without fds
+ * and every guest page the vGPU touches travels in DMA_READ/DMA_WRITE messages.
+ */
+export function vgpuQemuArgs(
+  socket: string,
+  memoryMiB: number,
+  options: { sharedRam?: boolean } = {},
+): string[] {
+  const memory = options.sharedRam === false ? ["-machine", "q35"] : sharedMemory(memoryMiB);
+  return [...memory, "-device", "intel-iommu,caching-mode=on", ...vfioUserDevice(socket)];
 }
 
 /** The guest's files: the tool and its workload table. */

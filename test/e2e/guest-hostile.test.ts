@@ -17,6 +17,7 @@ import { bootGuest, requireGuestTree } from "./guest.js";
 import {
   BIND_VGPU,
   VFIO_MODULES,
+  VIOMMU_KERNEL_ARGS,
   guestFiles,
   nativeResults,
   requireGuestDriver,
@@ -80,7 +81,7 @@ test("hostile streams from a real guest are rejected or contained; a second gues
       bootGuest({
         tree,
         memoryMiB: 256,
-        append: "intel_iommu=on",
+        append: VIOMMU_KERNEL_ARGS,
         modules: VFIO_MODULES,
         files: guestFiles(build),
         qemuArgs: [...vgpuQemuArgs(socket(uuid), 256), ...line.qemuArgs],

@@ -11,7 +11,14 @@ import { join } from "node:path";
 import { defaultTypes } from "../../src/mediator/index.js";
 import { ServeProcess } from "../support/serve-process.js";
 import { bootGuest, requireGuestTree } from "./guest.js";
-import { BIND_VGPU, VFIO_MODULES, guestFiles, requireGuestDriver, vgpuQemuArgs } from "./guest-driver.js";
+import {
+  BIND_VGPU,
+  VFIO_MODULES,
+  VIOMMU_KERNEL_ARGS,
+  guestFiles,
+  requireGuestDriver,
+  vgpuQemuArgs,
+} from "./guest-driver.js";
 import { hostLine, onHostWait } from "./host-line.js";
 
 interface StatsEntry {
@@ -55,7 +62,7 @@ test("two real guests of different types share the engine by weight (within 5%)"
         bootGuest({
           tree,
           memoryMiB: 256,
-          append: "intel_iommu=on",
+          append: VIOMMU_KERNEL_ARGS,
           modules: VFIO_MODULES,
           files: guestFiles(build),
           qemuArgs: [
