@@ -20,6 +20,16 @@ if [ -z "${MGPU_GUEST_TREE:-}" ]; then
   fi
 fi
 
+# The guests' C tools (test/e2e/guest-tools, guest-driver/) are built static with the host's compiler.
+if ! printf 'int main(void){return 0;}' | cc -static -x c -o /dev/null - 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev >&2 ||
+      echo "note: could not install gcc and libc6-dev (static C builds for the guest tools)" >&2
+  else
+    echo "note: no static C toolchain; as root: apt-get install -y gcc libc6-dev" >&2
+  fi
+fi
+
 # Test files are named *.test.ts (a directory argument would make node run every
 # file under test/, fixtures included).
 if [ "$#" -eq 0 ]; then mapfile -t tests < <(find dist/src dist/test -name '*.test.js' | sort); set -- "${tests[@]}"; fi

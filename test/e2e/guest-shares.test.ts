@@ -42,9 +42,11 @@ test("two real guests of different types share the engine by weight (within 5%)"
     { type: "mgpu-1q", uuid: "0c0de000-0000-4000-8000-0000000000b1" },
     { type: "mgpu-2q", uuid: "0c0de000-0000-4000-8000-0000000000b2" },
   ];
+  // A batch is tens of milliseconds of engine time; a loaded host must not make it look hung.
   const serve = await ServeProcess.start(
     guests.map((g) => `${g.type}:${g.uuid}`),
     dir,
+    ["--watchdog-ms", "5000"],
   );
   const lines = guests.map((g) => hostLine(tree, g.type));
   try {
@@ -69,8 +71,9 @@ test("two real guests of different types share the engine by weight (within 5%)"
             ...vgpuQemuArgs(serve.vgpus.find((v) => v.uuid === g.uuid)!.socket.slice(tree.length), 256),
             ...lines[i]!.qemuArgs,
           ],
-          // 32 fills of 4 MiB a batch, four batches in flight: the queue never runs dry.
-          script: `load_modules\n${BIND_VGPU}\nmgputool contend $D /dev/ttyS1 ${SECONDS} 4 32`,
+          // 64 fills of 4 MiB a batch (tens of ms), 32 batches in flight: a guest whose QEMU is
+          // not scheduled for a while on a loaded host still has work queued.
+          script: `load_modules\n${BIND_VGPU}\nmgputool contend $D /dev/ttyS1 ${SECONDS} 4 64`,
           timeoutMs: 240_000,
           onOutput: onHostWait(() => {
             ready.add(i);
