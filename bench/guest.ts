@@ -20,15 +20,7 @@ import { join } from "node:path";
 import { NativeDriver, SoftwareGpu, type Workload, encodeOps, workloadSuite } from "../src/gpu/index.js";
 import { DaemonProcess } from "../src/manager/process.js";
 import { bootGuest, guestTree } from "../test/e2e/guest.js";
-import {
-  BIND_VGPU,
-  VFIO_MODULES,
-  VIOMMU_KERNEL_ARGS,
-  buildGuestDriver,
-  guestFiles,
-  vgpuQemuArgs,
-  workloadKey,
-} from "../test/e2e/guest-driver.js";
+import { buildGuestDriver, vgpuGuest, workloadKey } from "../test/e2e/guest-driver.js";
 import { hostLine, onHostWait } from "../test/e2e/host-line.js";
 import type { BenchFigure, BenchReport } from "./report.js";
 
@@ -103,17 +95,17 @@ export async function run(): Promise<BenchReport> {
   let output: string;
   let bootMs: number;
   try {
-    const r = await bootGuest({
-      tree,
-      memoryMiB: 256,
-      append: VIOMMU_KERNEL_ARGS,
-      modules: VFIO_MODULES,
-      files: guestFiles(build),
-      qemuArgs: [...vgpuQemuArgs(daemon.vgpus[0]!.socket.slice(tree.length), 256), ...line.qemuArgs],
-      script: `load_modules\n${BIND_VGPU}\nMGPU_HOST_EACH=1 MGPU_ROUNDS=${ROUNDS} MGPU_MIN_SECONDS=${GUEST_SECONDS} mgputool suite $D /workloads.txt /dev/ttyS1`,
-      timeoutMs: 300_000,
-      onOutput: onHostWait((label) => void atStop(label)),
-    });
+    const r = await bootGuest(
+      vgpuGuest({
+        tree,
+        build,
+        socket: daemon.vgpus[0]!.socket,
+        line,
+        script: `MGPU_HOST_EACH=1 MGPU_ROUNDS=${ROUNDS} MGPU_MIN_SECONDS=${GUEST_SECONDS} mgputool suite $D /workloads.txt /dev/ttyS1`,
+        timeoutMs: 300_000,
+        onOutput: onHostWait((label) => void atStop(label)),
+      }),
+    );
     stops.push({ label: "end", busyMs: await engineBusy() });
     if (r.timedOut || r.values.SUITE_FAILURES !== "0")
       throw new Error(

@@ -9,22 +9,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pngToFrame, workloadSuite } from "../../src/gpu/index.js";
-import { ServeProcess } from "../support/serve-process.js";
-import { bootGuest, requireGuestTree } from "./guest.js";
-import {
-  BIND_VGPU,
-  VFIO_MODULES,
-  VIOMMU_KERNEL_ARGS,
-  guestFiles,
-  nativeResults,
-  requireGuestDriver,
-  vgpuQemuArgs,
-  workloadKey,
-} from "./guest-driver.js";
-import { hostLine, onHostWait } from "./host-line.js";
+import { bootGuest } from "./guest.js";
+import { differingPixels, nativeResults, vgpuGuest, vgpuTestBed, workloadKey } from "./guest-driver.js";
+import { onHostWait } from "./host-line.js";
 
 interface VgpuStatsReply {
   stats: { interrupts: number; traps: number; submissions: number; rejected: number };
@@ -33,36 +23,31 @@ interface VgpuStatsReply {
 }
 
 test("the C guest driver renders the workload suite in a Linux guest, pixel for pixel as the native driver", async (t) => {
-  const tree = requireGuestTree(t);
-  if (!tree) return;
-  const build = requireGuestDriver(t);
-  if (!build) return;
-  const dir = join(tree, "run", `g${process.pid}`);
-  mkdirSync(dir, { recursive: true });
   const uuid = "0c0de000-0000-4000-8000-000000000015";
-  const serve = await ServeProcess.start([`mgpu-2q:${uuid}`], dir);
-  const line = hostLine(tree, "suite");
-  const png = join(dir, "scanout.png");
+  const bed = await vgpuTestBed(t, "g", [`mgpu-2q:${uuid}`]);
+  if (!bed) return;
+  const { serve } = bed;
+  const line = bed.line("suite");
+  const png = join(bed.dir, "scanout.png");
   try {
     const native = nativeResults();
     let shot: Record<string, unknown> | undefined;
-    const r = await bootGuest({
-      tree,
-      memoryMiB: 256,
-      append: VIOMMU_KERNEL_ARGS,
-      modules: VFIO_MODULES,
-      files: guestFiles(build),
-      qemuArgs: [...vgpuQemuArgs(serve.vgpus[0]!.socket.slice(tree.length), 256), ...line.qemuArgs],
-      script: `load_modules\n${BIND_VGPU}\nMGPU_MIN_SECONDS=0.1 mgputool suite $D /workloads.txt /dev/ttyS1`,
-      timeoutMs: 240_000,
-      onOutput: onHostWait((label) => {
-        if (label !== "scanout") return;
-        void serve
-          .request({ cmd: "screenshot", uuid, path: png })
-          .then((x) => (shot = x))
-          .finally(() => void line.send("go"));
+    const r = await bootGuest(
+      vgpuGuest({
+        tree: bed.tree,
+        build: bed.build,
+        socket: bed.socket(uuid),
+        line,
+        script: "MGPU_MIN_SECONDS=0.1 mgputool suite $D /workloads.txt /dev/ttyS1",
+        onOutput: onHostWait((label) => {
+          if (label !== "scanout") return;
+          void serve
+            .request({ cmd: "screenshot", uuid, path: png })
+            .then((x) => (shot = x))
+            .finally(() => void line.send("go"));
+        }),
       }),
-    });
+    );
     const stats = (await serve.request({ cmd: "stats" })).vgpus as VgpuStatsReply[];
     const v = r.values;
     const context = `${r.output.slice(-5000)}\nserver:\n${serve.stderr.slice(-3000)}`;
@@ -89,14 +74,11 @@ test("the C guest driver renders the workload suite in a Linux guest, pixel for 
     const desktop = native.find((n) => n.name === "desktop-frame")!;
     const frame = pngToFrame(readFileSync(png));
     assert.deepEqual([frame.width, frame.height], [desktop.width, desktop.height]);
-    let differing = 0;
-    for (let i = 0; i < desktop.width * desktop.height; i++) {
-      const p = desktop.pixels;
-      const f = frame.rgba;
-      if (f[i * 4] !== p[i * 4 + 2] || f[i * 4 + 1] !== p[i * 4 + 1] || f[i * 4 + 2] !== p[i * 4])
-        differing++;
-    }
-    assert.equal(differing, 0, "pixels of the screenshot that differ from the native frame");
+    assert.equal(
+      differingPixels(frame, desktop),
+      0,
+      "pixels of the screenshot that differ from the native frame",
+    );
 
     // Interrupts arrive as MSI: the daemon injected them, the guest kernel took them, the driver woke on them.
     const host = stats[0]!;
@@ -112,9 +94,6 @@ test("the C guest driver renders the workload suite in a Linux guest, pixel for 
     assert.equal(host.regionWrites[0], 0, "BAR0 is passed through: no trapped access");
     assert.equal(host.regionReads[0], 0);
   } finally {
-    line.close();
-    await serve.stop();
-    build.remove();
-    rmSync(dir, { recursive: true, force: true });
+    await bed.close();
   }
 });

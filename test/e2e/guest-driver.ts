@@ -7,7 +7,7 @@
  * the host, the reference every guest result is compared with.
  */
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,6 +23,7 @@ import {
   Dispi,
   DispiEnable,
   EngineError,
+  type Frame,
   GTT_SYSTEM,
   GTT_VALID,
   MiOp,
@@ -47,7 +48,9 @@ import {
   VReg,
   rejectionCodes,
 } from "../../src/mediator/index.js";
-import { sharedMemory, vfioUserDevice } from "./guest.js";
+import { DaemonProcess } from "../../src/manager/process.js";
+import { type BootOptions, type Skippable, requireGuestTree, sharedMemory, vfioUserDevice } from "./guest.js";
+import { type HostLine, hostLine } from "./host-line.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
 export const guestDriverDir = join(root, "guest-driver");
@@ -168,7 +171,7 @@ export function buildGuestDriver(): GuestDriverBuild {
 }
 
 /** A build, or undefined after skipping `t` (outside CI) when no static C toolchain is here. */
-export function requireGuestDriver(t: { skip(reason: string): void }): GuestDriverBuild | undefined {
+export function requireGuestDriver(t: Skippable): GuestDriverBuild | undefined {
   try {
     return buildGuestDriver();
   } catch (e) {
@@ -256,4 +259,109 @@ export function vgpuQemuArgs(
 /** The guest's files: the tool and its workload table. */
 export function guestFiles(build: GuestDriverBuild): Record<string, string> {
   return { "/bin/mgputool": build.tool, "/workloads.txt": build.table };
+}
+
+export interface VgpuGuestOptions {
+  readonly tree: string;
+  readonly build: GuestDriverBuild;
+  /** The vGPU's socket as the host sees it (inside the tree). */
+  readonly socket: string;
+  /** Shell run once the vGPU is bound to vfio-pci at $D. */
+  readonly script: string;
+  /** A host line for HOST_WAIT/go (the guest's /dev/ttyS1). */
+  readonly line?: HostLine;
+  readonly sharedRam?: boolean;
+  readonly timeoutMs?: number;
+  readonly onOutput?: (text: string) => void;
+}
+
+/** Boot options for a guest that drives a vGPU with mgputool: vIOMMU, vfio-pci, the tool and its table. */
+export function vgpuGuest(o: VgpuGuestOptions): BootOptions {
+  const memoryMiB = 256;
+  return {
+    tree: o.tree,
+    memoryMiB,
+    append: VIOMMU_KERNEL_ARGS,
+    modules: VFIO_MODULES,
+    files: guestFiles(o.build),
+    qemuArgs: [
+      ...vgpuQemuArgs(o.socket.slice(o.tree.length), memoryMiB, { sharedRam: o.sharedRam ?? true }),
+      ...(o.line?.qemuArgs ?? []),
+    ],
+    script: `load_modules\n${BIND_VGPU}\n${o.script}`,
+    timeoutMs: o.timeoutMs ?? 240_000,
+    ...(o.onOutput ? { onOutput: o.onOutput } : {}),
+  };
+}
+
+/** Pixels of a screenshot (RGBA) that differ in colour from a native output surface (BGRA in memory). */
+export function differingPixels(frame: Frame, native: NativeResult): number {
+  if (frame.width !== native.width || frame.height !== native.height) return native.width * native.height;
+  const f = frame.rgba;
+  const p = native.pixels;
+  let n = 0;
+  for (let i = 0; i < native.width * native.height * 4; i += 4)
+    if (f[i] !== p[i + 2] || f[i + 1] !== p[i + 1] || f[i + 2] !== p[i]) n++;
+  return n;
+}
+
+/** What an end-to-end vGPU test sets up: the tree, the built tool, a daemon with `vgpus`, and a way out. */
+export interface VgpuTestBed {
+  readonly tree: string;
+  readonly build: GuestDriverBuild;
+  /** The daemon's state and socket directory, inside the tree (QEMU reaches the sockets there). */
+  readonly dir: string;
+  readonly serve: DaemonProcess;
+  /** The socket of the vGPU `uuid`, as the host sees it. */
+  socket(uuid: string): string;
+  /** Host lines made with line(), closed at the end. */
+  line(name: string): HostLine;
+  close(): Promise<void>;
+}
+
+/** Sets up a test bed, or skips `t` (outside CI) when the tree or a static C toolchain is missing. */
+export async function vgpuTestBed(
+  t: Skippable,
+  tag: string,
+  vgpus: readonly string[],
+  args: readonly string[] = [],
+): Promise<VgpuTestBed | undefined> {
+  const tree = requireGuestTree(t);
+  if (!tree) return undefined;
+  const build = requireGuestDriver(t);
+  if (!build) return undefined;
+  // Short: the socket paths beneath it must fit in sun_path.
+  const dir = join(tree, "run", `${tag}${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  let serve: DaemonProcess;
+  try {
+    serve = await DaemonProcess.start({ vgpus, stateDir: dir, socketDir: dir, args, logLevel: "warn" });
+  } catch (e) {
+    build.remove();
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  const lines: HostLine[] = [];
+  return {
+    tree,
+    build,
+    dir,
+    serve,
+    socket: (uuid) => {
+      const v = serve.vgpus.find((x) => x.uuid === uuid);
+      if (!v) throw new Error(`the daemon serves no vGPU ${uuid}`);
+      return v.socket;
+    },
+    line: (name) => {
+      const l = hostLine(tree, name);
+      lines.push(l);
+      return l;
+    },
+    close: async () => {
+      for (const l of lines) l.close();
+      await serve.stop();
+      build.remove();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }

@@ -8,22 +8,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { EngineError, pngToFrame } from "../../src/gpu/index.js";
 import { VError, VIrq, rejectionCodes } from "../../src/mediator/index.js";
-import { ServeProcess } from "../support/serve-process.js";
-import { bootGuest, requireGuestTree } from "./guest.js";
-import {
-  BIND_VGPU,
-  VFIO_MODULES,
-  VIOMMU_KERNEL_ARGS,
-  guestFiles,
-  nativeResults,
-  requireGuestDriver,
-  vgpuQemuArgs,
-} from "./guest-driver.js";
-import { hostLine, onHostWait } from "./host-line.js";
+import { bootGuest } from "./guest.js";
+import { differingPixels, nativeResults, vgpuGuest, vgpuTestBed } from "./guest-driver.js";
+import { type HostLine, onHostWait } from "./host-line.js";
 
 interface StatsEntry {
   uuid: string;
@@ -50,18 +41,13 @@ const expected: Record<string, number> = {
 };
 
 test("hostile streams from a real guest are rejected or contained; a second guest's display and memory do not change", async (t) => {
-  const tree = requireGuestTree(t);
-  if (!tree) return;
-  const build = requireGuestDriver(t);
-  if (!build) return;
-  const dir = join(tree, "run", `h${process.pid}`);
-  mkdirSync(dir, { recursive: true });
   const victimId = "0c0de000-0000-4000-8000-0000000000a1";
   const attackerId = "0c0de000-0000-4000-8000-0000000000a2";
-  const serve = await ServeProcess.start([`mgpu-2q:${victimId}`, `mgpu-1q:${attackerId}`], dir);
-  const victimLine = hostLine(tree, "victim");
-  const attackerLine = hostLine(tree, "attacker");
-  const socket = (uuid: string) => serve.vgpus.find((v) => v.uuid === uuid)!.socket.slice(tree.length);
+  const bed = await vgpuTestBed(t, "h", [`mgpu-2q:${victimId}`, `mgpu-1q:${attackerId}`]);
+  if (!bed) return;
+  const { serve, dir } = bed;
+  const victimLine = bed.line("victim");
+  const attackerLine = bed.line("attacker");
   const snapshots: { sha256: string; png: Buffer }[] = [];
   const snapshot = async () => {
     const png = join(dir, `victim-${snapshots.length}.png`);
@@ -77,18 +63,18 @@ test("hostile streams from a real guest are rejected or contained; a second gues
       await attackerLine.send("go");
     };
     let attackerDone = false;
-    const boot = (uuid: string, script: string, line: typeof victimLine, onOutput: (s: string) => void) =>
-      bootGuest({
-        tree,
-        memoryMiB: 256,
-        append: VIOMMU_KERNEL_ARGS,
-        modules: VFIO_MODULES,
-        files: guestFiles(build),
-        qemuArgs: [...vgpuQemuArgs(socket(uuid), 256), ...line.qemuArgs],
-        script: `load_modules\n${BIND_VGPU}\n${script}`,
-        timeoutMs: 300_000,
-        onOutput,
-      });
+    const boot = (uuid: string, script: string, line: HostLine, onOutput: (s: string) => void) =>
+      bootGuest(
+        vgpuGuest({
+          tree: bed.tree,
+          build: bed.build,
+          socket: bed.socket(uuid),
+          script,
+          line,
+          onOutput,
+          timeoutMs: 300_000,
+        }),
+      );
     const waitsOf = () =>
       onHostWait((label) => {
         waiting.add(label);
@@ -144,15 +130,7 @@ test("hostile streams from a real guest are rejected or contained; a second gues
     assert.ok(snapshots[1]!.png.equals(snapshots[0]!.png), "victim's display unchanged");
     const desktop = nativeResults().find((n) => n.name === "desktop-frame")!;
     const frame = pngToFrame(snapshots[1]!.png);
-    let differing = 0;
-    for (let i = 0; i < desktop.width * desktop.height; i++)
-      if (
-        frame.rgba[i * 4] !== desktop.pixels[i * 4 + 2] ||
-        frame.rgba[i * 4 + 1] !== desktop.pixels[i * 4 + 1] ||
-        frame.rgba[i * 4 + 2] !== desktop.pixels[i * 4]
-      )
-        differing++;
-    assert.equal(differing, 0, "the victim still shows the native desktop frame");
+    assert.equal(differingPixels(frame, desktop), 0, "the victim still shows the native desktop frame");
     const v = victim.values;
     assert.equal(v.VICTIM_CRC_AFTER, v.VICTIM_CRC_BEFORE, context);
     assert.equal(v.VICTIM_CRC_BEFORE, `0x${desktop.crc.toString(16).padStart(8, "0")}`);
@@ -160,10 +138,6 @@ test("hostile streams from a real guest are rejected or contained; a second gues
     assert.equal(v.VICTIM_IRQS_DURING, "0", "no interrupt reached the victim");
     assert.equal(v.VICTIM_STILL_RENDERS, "yes");
   } finally {
-    victimLine.close();
-    attackerLine.close();
-    await serve.stop();
-    build.remove();
-    rmSync(dir, { recursive: true, force: true });
+    await bed.close();
   }
 });

@@ -6,20 +6,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdirSync, rmSync } from "node:fs";
-import { join } from "node:path";
 import { defaultTypes } from "../../src/mediator/index.js";
-import { ServeProcess } from "../support/serve-process.js";
-import { bootGuest, requireGuestTree } from "./guest.js";
-import {
-  BIND_VGPU,
-  VFIO_MODULES,
-  VIOMMU_KERNEL_ARGS,
-  guestFiles,
-  requireGuestDriver,
-  vgpuQemuArgs,
-} from "./guest-driver.js";
-import { hostLine, onHostWait } from "./host-line.js";
+import { bootGuest } from "./guest.js";
+import { vgpuGuest, vgpuTestBed } from "./guest-driver.js";
+import { onHostWait } from "./host-line.js";
 
 interface StatsEntry {
   uuid: string;
@@ -32,23 +22,20 @@ const SECONDS = 10;
 const EDGE_MS = 2000;
 
 test("two real guests of different types share the engine by weight (within 5%)", async (t) => {
-  const tree = requireGuestTree(t);
-  if (!tree) return;
-  const build = requireGuestDriver(t);
-  if (!build) return;
-  const dir = join(tree, "run", `s${process.pid}`);
-  mkdirSync(dir, { recursive: true });
   const guests = [
     { type: "mgpu-1q", uuid: "0c0de000-0000-4000-8000-0000000000b1" },
     { type: "mgpu-2q", uuid: "0c0de000-0000-4000-8000-0000000000b2" },
   ];
   // A batch is tens of milliseconds of engine time; a loaded host must not make it look hung.
-  const serve = await ServeProcess.start(
+  const bed = await vgpuTestBed(
+    t,
+    "s",
     guests.map((g) => `${g.type}:${g.uuid}`),
-    dir,
     ["--watchdog-ms", "5000"],
   );
-  const lines = guests.map((g) => hostLine(tree, g.type));
+  if (!bed) return;
+  const { serve } = bed;
+  const lines = guests.map((g) => bed.line(g.type));
   try {
     const snapshots: StatsEntry[][] = [];
     const snapshot = async () =>
@@ -61,25 +48,21 @@ test("two real guests of different types share the engine by weight (within 5%)"
     };
     const results = await Promise.all(
       guests.map((g, i) =>
-        bootGuest({
-          tree,
-          memoryMiB: 256,
-          append: VIOMMU_KERNEL_ARGS,
-          modules: VFIO_MODULES,
-          files: guestFiles(build),
-          qemuArgs: [
-            ...vgpuQemuArgs(serve.vgpus.find((v) => v.uuid === g.uuid)!.socket.slice(tree.length), 256),
-            ...lines[i]!.qemuArgs,
-          ],
-          // 64 fills of 4 MiB a batch (tens of ms), 32 batches in flight: a guest whose QEMU is
-          // not scheduled for a while on a loaded host still has work queued.
-          script: `load_modules\n${BIND_VGPU}\nmgputool contend $D /dev/ttyS1 ${SECONDS} 4 64`,
-          timeoutMs: 240_000,
-          onOutput: onHostWait(() => {
-            ready.add(i);
-            if (ready.size === guests.length) void go();
+        bootGuest(
+          vgpuGuest({
+            tree: bed.tree,
+            build: bed.build,
+            socket: bed.socket(g.uuid),
+            line: lines[i]!,
+            // 64 fills of 4 MiB a batch (tens of ms), 32 batches in flight: a guest whose QEMU is
+            // not scheduled for a while on a loaded host still has work queued.
+            script: `mgputool contend $D /dev/ttyS1 ${SECONDS} 4 64`,
+            onOutput: onHostWait(() => {
+              ready.add(i);
+              if (ready.size === guests.length) void go();
+            }),
           }),
-        }),
+        ),
       ),
     );
     const context =
@@ -112,9 +95,6 @@ test("two real guests of different types share the engine by weight (within 5%)"
     t.diagnostic(`engine busy ${total.toFixed(0)} ms of a ${windowMs} ms window`);
     assert.ok(total > windowMs * 0.5, `engine busy ${total.toFixed(0)} ms of ${windowMs} ms`);
   } finally {
-    for (const l of lines) l.close();
-    await serve.stop();
-    build.remove();
-    rmSync(dir, { recursive: true, force: true });
+    await bed.close();
   }
 });
