@@ -176,7 +176,8 @@ export async function run(): Promise<BenchReport> {
     });
     // Where the extra time per iteration goes. The daemon's engine time in each guest round splits it:
     // the engine running slower than natively (sharing the CPU and caches with the VMM), and the
-    // engine idle waiting on the path from the guest (trapped tail writes, MSI delivery, scanning).
+    // engine idle between submissions: the trap path (the guest's trapped tail write, the daemon's
+    // handling of it including the scan, which runs on the engine's thread) and MSI delivery.
     const label = `timed-${w.name.toLowerCase()}`;
     const at = stops.flatMap((x, i) => (x.label === label ? [i] : []));
     const engineUs = median(
@@ -198,7 +199,7 @@ export async function run(): Promise<BenchReport> {
       unit: "µs",
     });
     figures.push({
-      metric: `${w.name} gap: engine waiting on the guest`,
+      metric: `${w.name} gap: engine idle (trap path, scan, MSI)`,
       value: Math.max(0, guestUs - Math.max(engineUs, nativeUs)),
       unit: "µs",
       note: `of which trapped writes ${trapPathUs.toFixed(1)} µs (${g.trapsPerIter.toFixed(2)} × ${trapUs.toFixed(1)} µs)`,
