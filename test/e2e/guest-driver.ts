@@ -1,8 +1,8 @@
 /**
  * The C guest driver (guest-driver/) as the end-to-end tests and the guest
  * benchmark use it: its register header and the workload table are written
- * from the project's own definitions (the vGPU's guest-visible interface, the
- * workload suite), then the tool is compiled static with the host's C compiler
+ * from the project's own definitions (the vGPU's guest-visible interface in
+ * src/abi/, the workload suite), then the tool is compiled static with the host's C compiler
  * — nothing fetched, nothing prebuilt. Also: the native driver's results on
  * the host, the reference every guest result is compared with.
  */
@@ -16,38 +16,32 @@ import {
   BB_SECOND_LEVEL,
   BLT_DEPTH_32,
   BLT_WRITE_RGBA,
+  BAR2_SIZE,
+  Bar2,
   BltOp,
+  BochsMmio,
   CLIENT_2D,
   CLIENT_MI,
   DISPI_ID5,
   Dispi,
   DispiEnable,
   EngineError,
-  type Frame,
+  EngineReg,
   GTT_SYSTEM,
   GTT_VALID,
+  Irq,
   MiOp,
-  NativeDriver,
+  PV_MAGIC,
+  PciIdentity,
+  PvInfo,
   ROP_PATCOPY,
   ROP_SRCCOPY,
-  Reg,
   RingCtl,
-  SoftwareGpu,
+  ScanRejectionCode,
   type Workload,
-  workloadSuite,
-} from "../../src/gpu/index.js";
+} from "../../src/abi/index.js";
+import { type Frame, NativeDriver, Reg, SoftwareGpu, workloadSuite } from "../../src/gpu/index.js";
 import { CapId } from "../../src/pci/capabilities.js";
-import {
-  BAR2_SIZE,
-  BOCHS_DEVICE,
-  BOCHS_VENDOR,
-  PV_MAGIC,
-  PvInfo,
-  VError,
-  VIrq,
-  VReg,
-  rejectionCodes,
-} from "../../src/mediator/index.js";
 import { DaemonProcess } from "../../src/manager/process.js";
 import { type BootOptions, type Skippable, requireGuestTree, sharedMemory, vfioUserDevice } from "./guest.js";
 import { type HostLine, hostLine } from "./host-line.js";
@@ -71,29 +65,23 @@ export function abiHeader(): string {
       lines.push(`#define ${prefix}${cName(name)} ${hex(value)}`);
   };
   group("PCI identity", "MGPU_", {
-    VENDOR_ID: BOCHS_VENDOR,
-    DEVICE_ID: BOCHS_DEVICE,
+    VENDOR_ID: PciIdentity.VENDOR_ID,
+    DEVICE_ID: PciIdentity.DEVICE_ID,
     VENDOR_CAP_ID: CapId.VENDOR,
     BAR2_SIZE,
   });
-  const { DISPI, QEXT_SIZE, QEXT_BYTEORDER, PV_INFO, GTT, EDID, VGA_IOPORTS } = VReg;
-  group("BAR2 blocks", "MGPU_BAR2_", { EDID, VGA_IOPORTS, DISPI, QEXT_SIZE, QEXT_BYTEORDER, PV_INFO, GTT });
-  const engine = Object.fromEntries(
-    Object.entries(VReg).filter(
-      ([k]) => !(k in { DISPI, QEXT_SIZE, QEXT_BYTEORDER, PV_INFO, GTT, EDID, VGA_IOPORTS, ENGINE: 0 }),
-    ),
-  );
-  group("BAR2 engine and interrupt registers", "MGPU_REG_", engine);
+  group("BAR2 blocks", "MGPU_BAR2_", { ...BochsMmio, PV_INFO: Bar2.PV_INFO, GTT: Bar2.GTT });
+  const { ISR, IMR, IIR, IER } = Bar2;
+  group("BAR2 engine and interrupt registers", "MGPU_REG_", { ...EngineReg, ISR, IMR, IIR, IER });
   group("Parent registers a guest may not reach", "MGPU_PARENT_", {
     DISPLAY_BASE: Reg.DISPLAY_BASE,
     GTT_BASE: Reg.GTT_BASE,
   });
   group("PV info block (offsets inside BAR2 + MGPU_BAR2_PV_INFO)", "MGPU_PV_", PvInfo);
   lines.push(`#define MGPU_PV_MAGIC_VALUE ${hex(PV_MAGIC)}`);
-  group("Interrupt bits (ISR, IMR, IIR, IER)", "MGPU_IRQ_", VIrq);
-  group("ENGINE_ERROR: the parent engine's codes", "MGPU_ENGINE_ERROR_", EngineError);
-  group("ENGINE_ERROR: the mediator's verdicts", "MGPU_ERR_", VError);
-  group("ENGINE_ERROR low byte with MGPU_ERR_REJECTED", "MGPU_REJECT_", rejectionCodes);
+  group("Interrupt bits (ISR, IMR, IIR, IER)", "MGPU_IRQ_", Irq);
+  group("ENGINE_ERROR", "MGPU_ENGINE_ERROR_", EngineError);
+  group("ENGINE_ERROR low byte with MGPU_ENGINE_ERROR_REJECTED", "MGPU_REJECT_", ScanRejectionCode);
   group("GTT entry bits", "MGPU_GTT_", { VALID: GTT_VALID, SYSTEM: GTT_SYSTEM });
   group("RING_CTL", "MGPU_RING_CTL_", { ENABLE: RingCtl.ENABLE, LENGTH_SHIFT: 12, LENGTH_MASK: 0x1ff });
   group("Command clients (dword 0 bits 31..29)", "MGPU_CLIENT_", { MI: CLIENT_MI, "2D": CLIENT_2D });

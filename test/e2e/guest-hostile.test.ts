@@ -10,8 +10,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { EngineError, pngToFrame } from "../../src/gpu/index.js";
-import { VError, VIrq, rejectionCodes } from "../../src/mediator/index.js";
+import { EngineError, Irq, type ScanRejection, ScanRejectionCode } from "../../src/abi/index.js";
+import { pngToFrame } from "../../src/gpu/index.js";
 import { bootGuest } from "./guest.js";
 import { differingPixels, nativeResults, vgpuGuest, vgpuTestBed } from "./guest-driver.js";
 import { type HostLine, onHostWait } from "./host-line.js";
@@ -21,7 +21,7 @@ interface StatsEntry {
   stats: { rejected: number; hangs: number; gttRejected: number; interrupts: number };
 }
 
-const rejected = (reason: keyof typeof rejectionCodes) => VError.REJECTED | rejectionCodes[reason];
+const rejected = (reason: ScanRejection) => EngineError.REJECTED | ScanRejectionCode[reason];
 
 /** Each hostile stream mgputool sends, and the ENGINE_ERROR the guest must be told. */
 const expected: Record<string, number> = {
@@ -37,7 +37,7 @@ const expected: Record<string, number> = {
   BLIT_ROWS_PAST_END: rejected("address-outside-partition"),
   MALFORMED_BLIT: rejected("malformed-command"),
   RING_OUTSIDE: rejected("address-outside-partition"),
-  HUNG_BATCH: VError.HANG,
+  HUNG_BATCH: EngineError.HANG,
 };
 
 test("hostile streams from a real guest are rejected or contained; a second guest's display and memory do not change", async (t) => {
@@ -107,12 +107,12 @@ test("hostile streams from a real guest are rejected or contained; a second gues
       t.diagnostic(`${name}: ${verdict}`);
       assert.match(verdict, /^status=-5 /, `${name} failed with EIO: ${context}`);
       assert.equal(Number(/code=(0x[0-9a-f]+)/.exec(verdict)?.[1]), code, `${name}: ${verdict}`);
-      assert.ok(Number(/iir=(0x[0-9a-f]+)/.exec(verdict)?.[1]) & VIrq.ENGINE_ERROR, `${name} interrupted`);
+      assert.ok(Number(/iir=(0x[0-9a-f]+)/.exec(verdict)?.[1]) & Irq.ENGINE_ERROR, `${name} interrupted`);
       assert.equal(a[`R_${name}`], "ok", `${name}: the attacker's engine works after a reset`);
     }
     // Refused GTT entries: a GTT_FAULT interrupt each.
     for (const name of ["GTT_NEXT_SLICE_IRQ", "GTT_HOST_MEMORY_IRQ", "GTT_SYSTEM_RANGE_IRQ"])
-      assert.ok(Number(a[`H_${name}`]) & VIrq.GTT_FAULT, `${name}: ${a[`H_${name}`]}`);
+      assert.ok(Number(a[`H_${name}`]) & Irq.GTT_FAULT, `${name}: ${a[`H_${name}`]}`);
     assert.equal(a.H_MMIO_UNKNOWN, "0x0,0x0", "writes to registers the vGPU has not are dropped");
     // The watchdog preempted the hung batch long before its work could have finished.
     t.diagnostic(`hung batch of ${a.H_HANG_FILLS} fills preempted`);
