@@ -26,10 +26,10 @@ import { hostLine, onHostWait } from "../test/e2e/host-line.js";
 import type { BenchFigure, BenchReport } from "./report.js";
 
 /** Seconds the guest runs each workload per round (pipelined, up to 32 batches in flight). */
-const GUEST_SECONDS = 0.5;
+const GUEST_SECONDS = 0.4;
 /** Rounds per workload, each native then guest; figures are medians of the rounds. */
-const ROUNDS = 3;
-const NATIVE_MS = 500;
+const ROUNDS = 5;
+const NATIVE_MS = 400;
 
 /** Iterations per second of a workload on the native driver (prepared first, not timed). */
 function nativeRate(gpu: SoftwareGpu, w: Workload): number {
