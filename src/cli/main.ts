@@ -12,6 +12,7 @@ import { quietLogger } from "../base/index.js";
 import { demo } from "./demo.js";
 import { formatProbe, probe } from "./probe.js";
 import { serve } from "./serve.js";
+import { parseAddress } from "../web/bridge.js";
 
 const program = new Command();
 program
@@ -79,17 +80,32 @@ program
   .option("--socket-dir <dir>", "where the vGPU sockets go (default: <state-dir>/vgpus)")
   .option("--control", "also answer JSON-line control requests on stdin/stdout")
   .option("--watchdog-ms <ms>", "preempt a workload that runs longer than this", (v: string) => Number(v))
-  .action((options: { vgpu: string[]; socketDir?: string; control?: boolean; watchdogMs?: number }) => {
-    if (options.watchdogMs !== undefined && !(options.watchdogMs > 0))
-      throw new Error("--watchdog-ms must be positive");
-    serve({
-      stateDir: stateDir(),
-      vgpus: options.vgpu,
-      control: options.control ?? false,
-      ...(options.socketDir ? { socketDir: options.socketDir } : {}),
-      ...(options.watchdogMs ? { watchdogMs: options.watchdogMs } : {}),
-    });
-  });
+  .option("--http <[host:]port>", "serve the HTTP API, /metrics and the dashboard (host: 127.0.0.1)")
+  .option("--vnc <[host:]port>", "a VNC console per vGPU, on ports from this one up (0: any free port)")
+  .action(
+    (options: {
+      vgpu: string[];
+      socketDir?: string;
+      control?: boolean;
+      watchdogMs?: number;
+      http?: string;
+      vnc?: string;
+    }) => {
+      if (options.watchdogMs !== undefined && !(options.watchdogMs > 0))
+        throw new Error("--watchdog-ms must be positive");
+      if (options.vnc && !options.http)
+        throw new Error("--vnc needs --http (both are served by the web worker)");
+      serve({
+        ...(options.http ? { http: parseAddress(options.http, "--http") } : {}),
+        ...(options.vnc ? { vnc: parseAddress(options.vnc, "--vnc") } : {}),
+        stateDir: stateDir(),
+        vgpus: options.vgpu,
+        control: options.control ?? false,
+        ...(options.socketDir ? { socketDir: options.socketDir } : {}),
+        ...(options.watchdogMs ? { watchdogMs: options.watchdogMs } : {}),
+      });
+    },
+  );
 
 program
   .command("types")

@@ -43,7 +43,8 @@ export class Daemon {
   readonly server: Server;
   readonly definitions: DefinitionStore;
   readonly socketDir: string;
-  private readonly served = new Map<string, { vgpu: Vgpu; endpoint: Endpoint; socket: string }>();
+  /** Running vGPUs by UUID, with their endpoints (read by the web layer for metrics and frames). */
+  readonly served = new Map<string, { vgpu: Vgpu; endpoint: Endpoint; socket: string }>();
   private readonly log: Logger;
 
   constructor(readonly options: DaemonOptions) {

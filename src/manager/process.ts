@@ -35,6 +35,8 @@ export class DaemonProcess {
   private readonly waiters: ((reply: Reply) => void)[] = [];
   /** What the daemon wrote on stderr (its log). */
   stderr = "";
+  /** The HTTP API's base URL, when started with --http. */
+  http: string | undefined;
 
   private constructor(
     readonly child: ChildProcess,
@@ -68,6 +70,7 @@ export class DaemonProcess {
     });
     const p = new DaemonProcess(child, ready.vgpus as DaemonVgpu[], owned);
     p.stderr = stderr;
+    if (typeof ready.http === "string") p.http = ready.http;
     child.stderr!.on("data", (d: Buffer) => (p.stderr += d.toString()));
     lines.on("line", (l) => p.waiters.shift()?.(JSON.parse(l) as Reply));
     return p;

@@ -9,6 +9,7 @@
 import { EngineError, Irq } from "../abi/index.js";
 import { NativeDriver, type ParentGpu } from "../gpu/index.js";
 import type { Submission, Vgpu } from "./vgpu/index.js";
+import { SampleLog } from "../base/index.js";
 
 export interface SchedulerOptions {
   /** Commands one submission may run before the watchdog preempts it. */
@@ -26,6 +27,9 @@ export class Scheduler {
   private current: Vgpu | undefined;
   private readonly host: NativeDriver;
   totalBusyMs = 0;
+  /** Length in seconds of every tick that put work on the engine (for the tick-length histogram). */
+  readonly tickSeconds = new SampleLog();
+  private worked = false;
 
   constructor(
     gpu: ParentGpu,
@@ -73,6 +77,14 @@ export class Scheduler {
    * work is waiting.
    */
   tick(): boolean {
+    this.worked = false;
+    const t0 = performance.now();
+    const more = this.step();
+    if (this.worked) this.tickSeconds.record((performance.now() - t0) / 1000);
+    return more;
+  }
+
+  private step(): boolean {
     if (!this.running) {
       let next: Vgpu | undefined;
       let best = Infinity;
@@ -85,8 +97,10 @@ export class Scheduler {
         }
       }
       if (!next) return false;
+      this.worked = true;
       if (!this.start(next.engine.queue.shift()!)) return this.pending;
     }
+    this.worked = true;
     this.slice();
     return this.running !== undefined || this.pending;
   }

@@ -72,6 +72,9 @@ export interface DmaOptions {
 }
 
 export class DmaSpace {
+  /** Bytes moved by read/write (copies through a mapping or DMA messages; direct views not counted). */
+  bytesRead = 0;
+  bytesWritten = 0;
   private windows: Window[] = [];
   private logging: { pageSize: number } | undefined;
   private readonly scratch: { window: Window; offset: number } = {
@@ -270,6 +273,8 @@ export class DmaSpace {
       if (isWrite) this.markDirty(w, offset, n);
       done += n;
     }
+    if (isWrite) this.bytesWritten += bytes.length;
+    else this.bytesRead += bytes.length;
   }
 
   private locate(address: bigint, length: number): { window: Window; offset: number } {

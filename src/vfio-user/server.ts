@@ -98,6 +98,9 @@ export class ServerStats {
   readonly regionReads = new Float64Array(16);
   readonly regionWrites = new Float64Array(16);
   errorReplies = 0;
+  /** Error replies by errno value (values past 255 share the last slot). */
+  readonly errorsByErrno = new Float64Array(256);
+  connectionsAccepted = 0;
   connectionsClosedOnError = 0;
 }
 
@@ -391,6 +394,7 @@ export class Server {
     setReceiveTimeout(fd, timeout);
     const conn = new Connection(fd, { maxMessageSize: this.maxMessageSize, maxFds: this.maxMsgFds });
     this.sessions.push(new Session(endpoint, conn, new RateLimitedLog(this.log)));
+    endpoint.stats.connectionsAccepted++;
     this.pollDirty = true;
     this.log.debug({ fd }, "client connected");
   }
@@ -489,6 +493,7 @@ export class Server {
       }
       const errno = e instanceof VfioUserError ? e.errno : e instanceof SysError ? e.errno : Errno.EIO;
       s.endpoint.stats.errorReplies++;
+      s.endpoint.stats.errorsByErrno[Math.min(errno, 255)]!++;
       s.log.warn(
         { id: m.id, command: commandName(m.command), errno, err: e instanceof Error ? e.message : String(e) },
         "command failed",

@@ -1,0 +1,51 @@
+/**
+ * The web worker (see bridge.ts for why a thread): Fastify with the HTTP API,
+ * /metrics, the dashboard's static files and live frames over a WebSocket, and
+ * the VNC consoles. Everything here runs on the worker's own event loop.
+ */
+import { workerData, type MessagePort } from "node:worker_threads";
+import Fastify from "fastify";
+import { defaultLogger } from "../base/index.js";
+import { Mapping } from "../sys/index.js";
+import { registerApi } from "./api.js";
+import { FrameReader } from "./frames.js";
+import { DaemonLink } from "./link.js";
+import type { WorkerInput, WorkerReady } from "./protocol.js";
+
+const { input, port } = workerData as { input: WorkerInput; port: MessagePort };
+const log = defaultLogger(input.logLevel);
+
+function ready(message: WorkerReady): void {
+  port.postMessage(message);
+  const flag = new Int32Array(input.status);
+  Atomics.store(flag, 0, message.ready ? 1 : 2);
+  Atomics.notify(flag, 0);
+}
+
+async function main(): Promise<void> {
+  const link = new DaemonLink(port, input.wakeFd);
+  const memory = Mapping.ofFd(input.localMemory.fd, input.localMemory.size, { writable: false });
+  const frames = new FrameReader(memory.bytes);
+  // Requests are checked as they come: extra properties are refused, not dropped; no type coercion.
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 64 << 10,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+  });
+  registerApi(app, { link, frames, log });
+  await app.listen({ host: input.host, port: input.port });
+  const address = app.server.address();
+  const actualPort = typeof address === "object" && address ? address.port : input.port;
+  const host = input.host.includes(":") ? `[${input.host}]` : input.host;
+  if (!["127.0.0.1", "::1", "localhost"].includes(input.host))
+    log.warn({ host: input.host }, "the HTTP API has no authentication and listens beyond loopback");
+  ready({ ready: true, url: `http://${host}:${actualPort}` });
+}
+
+main().catch((e: unknown) => {
+  ready({
+    ready: false,
+    error: e instanceof Error ? e.message : String(e),
+    code: (e as { code?: string }).code ?? "EIO",
+  });
+});
