@@ -10,6 +10,8 @@ import { Mapping } from "../sys/index.js";
 import { registerApi } from "./api.js";
 import { FrameReader } from "./frames.js";
 import { DaemonLink } from "./link.js";
+import { DaemonMetrics } from "./metrics.js";
+import { Monitor } from "./monitor.js";
 import type { WorkerInput, WorkerReady } from "./protocol.js";
 
 const { input, port } = workerData as { input: WorkerInput; port: MessagePort };
@@ -33,6 +35,12 @@ async function main(): Promise<void> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
   });
   registerApi(app, { link, frames, log });
+  const metrics = new DaemonMetrics(frames);
+  const monitor = new Monitor(link, metrics);
+  app.get("/metrics", async (_req, reply) => {
+    await monitor.refresh();
+    return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
   await app.listen({ host: input.host, port: input.port });
   const address = app.server.address();
   const actualPort = typeof address === "object" && address ? address.port : input.port;
