@@ -12,4 +12,27 @@ export default tseslint.config(
       eqeqeq: ["error", "smart"],
     },
   },
+  {
+    // The dashboard runs in a browser, as plain JS with no build step.
+    files: ["src/web/static/**/*.js"],
+    languageOptions: {
+      sourceType: "module",
+      globals: Object.fromEntries(
+        [
+          "Blob",
+          "DecompressionStream",
+          "ImageData",
+          "Response",
+          "TextDecoder",
+          "URLSearchParams",
+          "WebSocket",
+          "document",
+          "fetch",
+          "getComputedStyle",
+          "location",
+          "setTimeout",
+        ].map((name) => [name, "readonly"]),
+      ),
+    },
+  },
 );

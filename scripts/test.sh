@@ -30,6 +30,9 @@ if ! printf 'int main(void){return 0;}' | cc -static -x c -o /dev/null - 2>/dev/
   fi
 fi
 
+# The dashboard and console tests look through Debian's Chromium and vncsnapshot.
+bash scripts/install-viewers.sh
+
 # Test files are named *.test.ts (a directory argument would make node run every
 # file under test/, fixtures included).
 if [ "$#" -eq 0 ]; then mapfile -t tests < <(find dist/src dist/test -name '*.test.js' | sort); set -- "${tests[@]}"; fi

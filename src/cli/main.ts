@@ -264,6 +264,7 @@ program
   .option("--vms <n>", "how many VMs (types repeat if fewer are given)", (v: string) => Number(v))
   .option("--memory-model <model>", "kvm, xen or mixed (alternating)", "mixed")
   .option("--hostile <list>", "VM indexes whose guest driver misbehaves, comma-separated", "")
+  .option("--dashboard [address]", "watch the VMs in the web dashboard ([host:]port, default 127.0.0.1:8080)")
   .action(
     async (options: {
       types: string;
@@ -272,6 +273,7 @@ program
       vms?: number;
       memoryModel: string;
       hostile: string;
+      dashboard?: string | boolean;
     }) => {
       if (!Number.isFinite(options.seconds) || options.seconds <= 0)
         throw new Error("--seconds must be a positive number");
@@ -289,6 +291,14 @@ program
         outDir: options.out,
         memoryModel: options.memoryModel as "kvm" | "xen" | "mixed",
         hostile,
+        ...(options.dashboard
+          ? {
+              dashboard: parseAddress(
+                options.dashboard === true ? "127.0.0.1:8080" : options.dashboard,
+                "--dashboard",
+              ),
+            }
+          : {}),
       });
     },
   );

@@ -4,15 +4,22 @@
  * the VNC consoles. Everything here runs on the worker's own event loop.
  */
 import { workerData, type MessagePort } from "node:worker_threads";
+import { fileURLToPath } from "node:url";
+import fastifyStatic from "@fastify/static";
+import fastifyWebsocket from "@fastify/websocket";
 import Fastify from "fastify";
 import { defaultLogger } from "../base/index.js";
 import { Mapping } from "../sys/index.js";
 import { registerApi } from "./api.js";
 import { FrameReader } from "./frames.js";
+import { LiveFrames } from "./live.js";
 import { DaemonLink } from "./link.js";
 import { DaemonMetrics } from "./metrics.js";
 import { Monitor } from "./monitor.js";
-import type { WorkerInput, WorkerReady } from "./protocol.js";
+import type { DaemonSnapshot, WorkerInput, WorkerReady } from "./protocol.js";
+
+/** The dashboard's files: plain HTML, CSS and JS in the source tree (no build step). */
+const STATIC = fileURLToPath(new URL("../../../src/web/static/", import.meta.url));
 
 const { input, port } = workerData as { input: WorkerInput; port: MessagePort };
 const log = defaultLogger(input.logLevel);
@@ -41,6 +48,34 @@ async function main(): Promise<void> {
     await monitor.refresh();
     return reply.type(metrics.registry.contentType).send(await metrics.registry.metrics());
   });
+  const describe = (s: DaemonSnapshot) => ({
+    totalBusyMs: s.totalBusyMs,
+    vgpus: s.vgpus.map((v) => ({
+      uuid: v.uuid,
+      type: v.type,
+      weight: v.weight,
+      socket: v.socket,
+      mode: frames.mode(v.display),
+      stats: v.stats,
+      error: v.error,
+      traps: [...v.regionReads, ...v.regionWrites].reduce((n, x) => n + x, 0),
+      dmaBytes: v.dmaBytesRead + v.dmaBytesWritten,
+    })),
+  });
+  const live = new LiveFrames(link, frames, input.frameBudgetMs, describe);
+  monitor.onSnapshot((s) => live.broadcast(s));
+  await app.register(fastifyWebsocket, { options: { maxPayload: 64 << 10 } });
+  app.get("/api/v1/live", { websocket: true }, (socket) => {
+    live.attach(socket);
+    if (monitor.latest) live.broadcast(monitor.latest);
+    void monitor.refresh().catch(() => {});
+  });
+  // Every client sees a create or remove at once, not at the next second.
+  app.addHook("onResponse", async (req, reply) => {
+    if (req.method !== "GET" && req.url.startsWith("/api/v1/") && reply.statusCode < 300)
+      void monitor.refresh().catch(() => {});
+  });
+  await app.register(fastifyStatic, { root: STATIC, prefix: "/" });
   await app.listen({ host: input.host, port: input.port });
   const address = app.server.address();
   const actualPort = typeof address === "object" && address ? address.port : input.port;
