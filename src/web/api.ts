@@ -113,12 +113,16 @@ export interface ApiContext {
   readonly link: DaemonLink;
   readonly frames: FrameReader;
   readonly log: Logger;
-  /** The VNC address of a running vGPU, if consoles are on. */
-  readonly vncAddress?: (uuid: string) => string | undefined;
+  /** VNC consoles, if they are on: opened for every listed vGPU, and their addresses. */
+  readonly vnc?: {
+    ensure(vgpus: readonly { uuid: string; type: string }[]): Promise<void>;
+    address(uuid: string): string | undefined;
+  };
 }
 
 interface Running {
   uuid: string;
+  type: string;
   vnc?: string;
 }
 
@@ -146,8 +150,9 @@ export function registerApi(app: FastifyInstance, ctx: ApiContext): void {
 
   const running = async (): Promise<Running[]> => {
     const vgpus = (await link.ok({ op: "handle", request: { cmd: "list" } })).vgpus as Running[];
+    await ctx.vnc?.ensure(vgpus);
     return vgpus.map((v) => {
-      const vnc = ctx.vncAddress?.(v.uuid);
+      const vnc = ctx.vnc?.address(v.uuid);
       return vnc ? { ...v, vnc } : v;
     });
   };

@@ -17,6 +17,7 @@ import { DaemonLink } from "./link.js";
 import { DaemonMetrics } from "./metrics.js";
 import { Monitor } from "./monitor.js";
 import type { DaemonSnapshot, WorkerInput, WorkerReady } from "./protocol.js";
+import { VncConsoles } from "./vnc.js";
 
 /** The dashboard's files: plain HTML, CSS and JS in the source tree (no build step). */
 const STATIC = fileURLToPath(new URL("../../../src/web/static/", import.meta.url));
@@ -41,7 +42,8 @@ async function main(): Promise<void> {
     bodyLimit: 64 << 10,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
   });
-  registerApi(app, { link, frames, log });
+  const vnc = input.vnc ? new VncConsoles(link, frames, input.vnc.host, input.vnc.port, log) : undefined;
+  registerApi(app, { link, frames, log, ...(vnc ? { vnc } : {}) });
   const metrics = new DaemonMetrics(frames);
   const monitor = new Monitor(link, metrics);
   app.get("/metrics", async (_req, reply) => {
@@ -60,10 +62,12 @@ async function main(): Promise<void> {
       error: v.error,
       traps: [...v.regionReads, ...v.regionWrites].reduce((n, x) => n + x, 0),
       dmaBytes: v.dmaBytesRead + v.dmaBytesWritten,
+      ...(vnc?.address(v.uuid) ? { vnc: vnc.address(v.uuid) } : {}),
     })),
   });
   const live = new LiveFrames(link, frames, input.frameBudgetMs, describe);
   monitor.onSnapshot((s) => live.broadcast(s));
+  if (vnc) monitor.onSnapshot((s) => void vnc.sync(s));
   await app.register(fastifyWebsocket, { options: { maxPayload: 64 << 10 } });
   app.get("/api/v1/live", { websocket: true }, (socket) => {
     live.attach(socket);

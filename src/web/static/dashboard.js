@@ -119,6 +119,7 @@ function state(s) {
     card.node.querySelector(".mode").textContent = m.enabled
       ? `${m.width}×${m.height}, ${m.bpp} bpp${v.error ? ` · engine error 0x${v.error.toString(16)}` : ""}`
       : "display off";
+    if (v.vnc) card.node.querySelector(".mode").textContent += ` · VNC ${v.vnc}`;
     card.node.querySelector(".legend .now").textContent = `${(100 * share).toFixed(1)}%`;
     card.node.querySelector(".legend .weight").textContent = `${(100 * weightShare).toFixed(1)}%`;
     const dl = card.node.querySelector(".counters");
