@@ -104,9 +104,13 @@ export function convertPixels(
           (Math.round((g * f.gMax) / 255) << f.gShift) |
           (Math.round((b * f.bMax) / 255) << f.bShift)) >>>
         0;
-      if (bytes === 4) f.bigEndian ? out.writeUInt32BE(v, o) : out.writeUInt32LE(v, o);
-      else if (bytes === 2) f.bigEndian ? out.writeUInt16BE(v & 0xffff, o) : out.writeUInt16LE(v & 0xffff, o);
-      else out[o] = v & 0xff;
+      if (bytes === 4) {
+        if (f.bigEndian) out.writeUInt32BE(v, o);
+        else out.writeUInt32LE(v, o);
+      } else if (bytes === 2) {
+        if (f.bigEndian) out.writeUInt16BE(v & 0xffff, o);
+        else out.writeUInt16LE(v & 0xffff, o);
+      } else out[o] = v & 0xff;
       o += bytes;
     }
   }
