@@ -14,6 +14,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   mediation: async () => (await import("./mediation.js")).run,
   scale: async () => (await import("./scale.js")).run,
   guest: async () => (await import("./guest.js")).run,
+  dashboard: async () => (await import("./dashboard.js")).run,
 };
 
 async function main(): Promise<void> {

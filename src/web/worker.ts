@@ -3,6 +3,7 @@
  * /metrics, the dashboard's static files and live frames over a WebSocket, and
  * the VNC consoles. Everything here runs on the worker's own event loop.
  */
+import { readlinkSync } from "node:fs";
 import { workerData, type MessagePort } from "node:worker_threads";
 import { fileURLToPath } from "node:url";
 import fastifyStatic from "@fastify/static";
@@ -80,6 +81,34 @@ async function main(): Promise<void> {
       void monitor.refresh().catch(() => {});
   });
   await app.register(fastifyStatic, { root: STATIC, prefix: "/" });
+  // This thread's id (Linux), so operators and the benchmark can watch its CPU (top -H, /proc/PID/task/TID).
+  const thread = Number(/task\/(\d+)$/.exec(readlinkSync("/proc/thread-self"))?.[1] ?? 0);
+  app.get(
+    "/api/v1/daemon",
+    {
+      schema: {
+        response: {
+          200: {
+            type: "object",
+            properties: {
+              pid: { type: "number" },
+              webThread: { type: "number" },
+              frames: {
+                type: "object",
+                properties: Object.fromEntries(
+                  ["framesSent", "bytesSent", "scanMs", "skippedForBudget"].map((k) => [
+                    k,
+                    { type: "number" },
+                  ]),
+                ),
+              },
+            },
+          },
+        },
+      },
+    },
+    async () => ({ pid: process.pid, webThread: thread, frames: live.stats }),
+  );
   await app.listen({ host: input.host, port: input.port });
   const address = app.server.address();
   const actualPort = typeof address === "object" && address ? address.port : input.port;
