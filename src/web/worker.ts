@@ -72,8 +72,7 @@ async function main(): Promise<void> {
   await app.register(fastifyWebsocket, { options: { maxPayload: 64 << 10 } });
   app.get("/api/v1/live", { websocket: true }, (socket) => {
     live.attach(socket);
-    if (monitor.latest) live.broadcast(monitor.latest);
-    void monitor.refresh().catch(() => {});
+    void monitor.refresh().catch(() => {}); // a fresh state for the newcomer (and everyone) now
   });
   // Every client sees a create or remove at once, not at the next second.
   app.addHook("onResponse", async (req, reply) => {
