@@ -9,7 +9,8 @@
  * the WebSocket, the daemon's CPU (whole process, its vGPU loop thread, its
  * web thread, from /proc), the VMs' aggregate frames/s, and the latency of a
  * trapped BAR2 read on a 17th vGPU (p50/p99), so the cost of watching shows
- * on both sides.
+ * on both sides. Two last phases with the screens still (no VM rendering)
+ * show trap latency on an otherwise quiet daemon, unwatched and watched.
  */
 import { readFileSync } from "node:fs";
 import { Worker } from "node:worker_threads";
@@ -70,6 +71,7 @@ async function phase(
   probe: { uuid: string; socket: string },
   web: { pid: number; webThread: number },
   scale: number | undefined,
+  animate = true,
 ): Promise<Phase> {
   const uuids = vgpus.map((v) => v.uuid);
   const watcher = scale ? await watch(daemon.http!, uuids, scale) : undefined;
@@ -94,18 +96,22 @@ async function phase(
     frames: uuids.map((u) => watcher?.frames.get(u) ?? 0),
     bytes: uuids.map((u) => watcher?.bytes.get(u) ?? 0),
   });
-  const results = await runVms(
-    vgpus.map((v, i) => ({ name: `vm${i}`, socket: v.socket, memoryModel: "kvm" as const })),
-    {
-      seconds: SECONDS,
-      onStart: () => {
-        start = sample();
-        Atomics.store(new Int32Array(go), 0, 1);
-        Atomics.notify(new Int32Array(go), 0);
-        setTimeout(() => (end = sample()), SECONDS * 1000);
-      },
-    },
-  );
+  const onStart = () => {
+    start = sample();
+    Atomics.store(new Int32Array(go), 0, 1);
+    Atomics.notify(new Int32Array(go), 0);
+    setTimeout(() => (end = sample()), SECONDS * 1000);
+  };
+  const results = animate
+    ? await runVms(
+        vgpus.map((v, i) => ({ name: `vm${i}`, socket: v.socket, memoryModel: "kvm" as const })),
+        { seconds: SECONDS, onStart },
+      )
+    : await new Promise<[]>((resolve) => {
+        // Still screens (what earlier phases drew): the web thread looks at all 16, finds no change.
+        setTimeout(onStart, 500);
+        setTimeout(() => resolve([]), 500 + SECONDS * 1000 + 200);
+      });
   const samples = (await probed).sort((a, b) => a - b);
   await prober.terminate();
   watcher?.close();
@@ -124,7 +130,7 @@ async function phase(
     processCores: cores("process"),
     loopCores: cores("loop"),
     webCores: cores("web"),
-    vmFps: results.reduce((n, r) => n + r.completedInTime, 0) / SECONDS,
+    vmFps: results.reduce((n: number, r) => n + r.completedInTime, 0) / SECONDS,
     trapP50: percentile(samples, 50),
     trapP99: percentile(samples, 99),
   };
@@ -143,16 +149,18 @@ export async function run(): Promise<BenchReport> {
     const vgpus = daemon.vgpus.slice(0, VGPUS);
     const probe = daemon.vgpus[VGPUS]!;
     const phases: Phase[] = [];
-    for (const [name, scale] of [
-      ["closed", undefined],
-      ["open (thumbnails)", 4],
-      ["open (full size)", 1],
-      ["closed again", undefined],
+    for (const [name, scale, animate] of [
+      ["closed", undefined, true],
+      ["open (thumbnails)", 4, true],
+      ["open (full size)", 1, true],
+      ["closed again", undefined, true],
+      ["still, closed", undefined, false],
+      ["still, open (full size)", 1, false],
     ] as const)
-      phases.push(await phase(name, daemon, vgpus, probe, web, scale));
+      phases.push(await phase(name, daemon, vgpus, probe, web, scale, animate));
     const closed = (phases[0]!.webCores + phases[3]!.webCores) / 2;
     const figures: BenchFigure[] = phases.flatMap((p) => [
-      ...(p.name.startsWith("open")
+      ...(p.name.includes("open") && !p.name.startsWith("still")
         ? [
             {
               metric: `${p.name}: frames/s per vGPU`,
@@ -172,7 +180,9 @@ export async function run(): Promise<BenchReport> {
       { metric: `${p.name}: daemon process CPU`, value: 100 * p.processCores, unit: "% of a core" },
       { metric: `${p.name}: vGPU loop thread CPU`, value: 100 * p.loopCores, unit: "% of a core" },
       { metric: `${p.name}: web thread CPU`, value: 100 * p.webCores, unit: "% of a core" },
-      { metric: `${p.name}: VMs' frames/s (all 16)`, value: p.vmFps, unit: "1/s" },
+      ...(p.name.startsWith("still")
+        ? []
+        : [{ metric: `${p.name}: VMs' frames/s (all 16)`, value: p.vmFps, unit: "1/s" }]),
       { metric: `${p.name}: trap p50`, value: p.trapP50, unit: "µs" },
       { metric: `${p.name}: trap p99`, value: p.trapP99, unit: "µs" },
     ]);

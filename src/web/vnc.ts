@@ -4,7 +4,7 @@
  * framebuffer). RFB 3.8 (3.3 and 3.7 viewers too), security "None", raw and
  * zlib encodings, DesktopSize when the guest changes mode; keyboard, pointer
  * and clipboard messages are read and ignored (the vGPU has no input device).
- * Updates go out when the viewer asks and the pixels changed, at most 30/s.
+ * Updates go out when the viewer asks and the pixels changed, at most 15/s.
  */
 import { type Server, type Socket, createServer } from "node:net";
 import { type Deflate, constants as zlibConstants, createDeflate } from "node:zlib";
@@ -16,7 +16,8 @@ import type { DaemonSnapshot } from "./protocol.js";
 
 export const Encoding = { RAW: 0, ZLIB: 6, DESKTOP_SIZE: -223 } as const;
 const MAX_CUT_TEXT = 1 << 20;
-const POLL_MS = 1000 / 30;
+/** How often a waiting viewer's display is looked at (each look scans the whole screen out). */
+const POLL_MS = 1000 / 15;
 
 interface PixelFormat {
   bpp: number;

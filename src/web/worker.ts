@@ -33,6 +33,25 @@ function ready(message: WorkerReady): void {
   Atomics.notify(flag, 0);
 }
 
+/**
+ * Browsers may be tricked into calling a loopback API: a page elsewhere posting
+ * to it (an Origin that is not this server) or a DNS name rebound to 127.0.0.1
+ * (a Host that is not ours). Neither gets through.
+ */
+function sameSite(host: string | undefined, origin: string | undefined, loopback: boolean): boolean {
+  if (!host) return false;
+  const name = host.replace(/:\d+$/, "").replace(/^\[(.*)\]$/, "$1");
+  if (loopback && !["127.0.0.1", "localhost", "::1"].includes(name)) return false;
+  if (origin === undefined) return true;
+  try {
+    return new URL(origin).host === host;
+  } catch {
+    return false;
+  }
+}
+
+process.on("uncaughtException", (e) => log.error({ err: e.message, stack: e.stack }, "web worker error"));
+
 async function main(): Promise<void> {
   const link = new DaemonLink(port, input.wakeFd);
   const memory = Mapping.ofFd(input.localMemory.fd, input.localMemory.size, { writable: false });
@@ -44,6 +63,11 @@ async function main(): Promise<void> {
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
   });
   const vnc = input.vnc ? new VncConsoles(link, frames, input.vnc.host, input.vnc.port, log) : undefined;
+  const loopback = ["127.0.0.1", "::1", "localhost"].includes(input.host);
+  app.addHook("onRequest", async (req, reply) => {
+    if (!sameSite(req.headers.host, req.headers.origin, loopback))
+      return reply.code(403).send({ error: "cross-site request refused", code: "EPERM" });
+  });
   registerApi(app, { link, frames, log, ...(vnc ? { vnc } : {}) });
   const metrics = new DaemonMetrics(frames);
   const monitor = new Monitor(link, metrics);
@@ -112,7 +136,7 @@ async function main(): Promise<void> {
   const address = app.server.address();
   const actualPort = typeof address === "object" && address ? address.port : input.port;
   const host = input.host.includes(":") ? `[${input.host}]` : input.host;
-  if (!["127.0.0.1", "::1", "localhost"].includes(input.host))
+  if (!loopback)
     log.warn({ host: input.host }, "the HTTP API has no authentication and listens beyond loopback");
   ready({ ready: true, url: `http://${host}:${actualPort}` });
 }

@@ -193,3 +193,30 @@ test("mgpu serve refuses a malformed --http address and --vnc without --http", (
     assert.match(r.stderr, message);
   }
 });
+
+test("cross-site requests (a foreign Origin, or a Host that is not loopback) are refused", async () => {
+  const { request } = await import("node:http");
+  const call = (
+    headers: Record<string, string>,
+    method = "POST",
+    path = `/api/v1/vgpus/${first.uuid}/stop`,
+  ) =>
+    new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const u = new URL(web.url);
+      const r = request({ host: u.hostname, port: u.port, method, path, headers }, (res) => {
+        let body = "";
+        res.on("data", (d: Buffer) => (body += d.toString()));
+        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+      });
+      r.on("error", reject);
+      r.end();
+    });
+  const foreign = await call({ origin: "http://evil.example" });
+  assert.equal(foreign.status, 403);
+  assert.equal((JSON.parse(foreign.body) as { code: string }).code, "EPERM");
+  const rebound = await call({ host: "evil.example" }, "GET", "/api/v1/vgpus");
+  assert.equal(rebound.status, 403);
+  // The vGPU is still running; our own origin is welcome.
+  const own = await call({ origin: web.url }, "GET", `/api/v1/vgpus/${first.uuid}`);
+  assert.equal(own.status, 200);
+});
