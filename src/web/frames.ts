@@ -11,6 +11,23 @@ import type { DisplayState } from "./protocol.js";
 /** Shown while a display is off, so viewers always have a picture (VNC needs a size). */
 export const BLANK = { width: 640, height: 480 } as const;
 
+/** Which lines a partial read covers. */
+export interface RowSample {
+  readonly phase: number;
+  readonly step: number;
+}
+
+/** True when lines y ≡ phase (mod step) of two RGBA images of one width are equal. */
+export function sampledRowsEqual(a: Uint8Array, b: Uint8Array, width: number, rows: RowSample): boolean {
+  const row = width * 4;
+  const lines = Math.floor(a.length / row);
+  for (let y = rows.phase % rows.step; y < lines; y += rows.step) {
+    const at = y * row;
+    if (Buffer.compare(a.subarray(at, at + row), b.subarray(at, at + row)) !== 0) return false;
+  }
+  return true;
+}
+
 export class FrameReader {
   private readonly words: Uint32Array;
 
@@ -52,8 +69,10 @@ export class FrameReader {
   /**
    * The image scaled down by an integer `scale` (every scale-th pixel of every
    * scale-th line), as RGBA. `out` is reused when it has the right size.
+   * With `rows`, only lines y ≡ phase (mod step) are read (`partial` says so;
+   * modes off the fast path are always read whole): a cheap look for changes.
    */
-  read(d: DisplayState, scale: number, out?: Uint8Array): Frame {
+  read(d: DisplayState, scale: number, out?: Uint8Array, rows?: RowSample): Frame & { partial: boolean } {
     const e = this.engine(d);
     const width = e.enabled ? e.width : 0;
     const height = e.enabled ? e.height : 0;
@@ -62,7 +81,7 @@ export class FrameReader {
       const h = Math.max(1, Math.floor(BLANK.height / scale));
       const rgba = out?.length === w * h * 4 ? out : new Uint8Array(w * h * 4);
       new Uint32Array(rgba.buffer, rgba.byteOffset, w * h).fill(0xff000000);
-      return { width: w, height: h, rgba };
+      return { width: w, height: h, rgba, partial: false };
     }
     const w = Math.max(1, Math.floor(width / scale));
     const h = Math.max(1, Math.floor(height / scale));
@@ -75,7 +94,8 @@ export class FrameReader {
       // B, G, R, X in memory → R, G, B, A in a little-endian u32 view of RGBA.
       const src = this.words;
       const rowWords = stride / 4;
-      for (let y = 0; y < h; y++) {
+      const step = rows?.step ?? 1;
+      for (let y = rows ? rows.phase % step : 0; y < h; y += step) {
         let p = base / 4 + y * scale * rowWords;
         let o = y * w;
         for (let x = 0; x < w; x++, p += scale) {
@@ -83,12 +103,12 @@ export class FrameReader {
           dst[o++] = 0xff000000 | ((v & 0xff) << 16) | (v & 0xff00) | ((v >>> 16) & 0xff);
         }
       }
-      return { width: w, height: h, rgba };
+      return { width: w, height: h, rgba, partial: step > 1 };
     }
     const full = e.scanout(this.slice(d));
     const src = new Uint32Array(full.rgba.buffer, full.rgba.byteOffset, width * height);
     for (let y = 0; y < h; y++)
       for (let x = 0; x < w; x++) dst[y * w + x] = src[y * scale * width + x * scale]!;
-    return { width: w, height: h, rgba };
+    return { width: w, height: h, rgba, partial: false };
   }
 }

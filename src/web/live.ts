@@ -16,7 +16,7 @@
  */
 import { deflateSync } from "node:zlib";
 import type { WebSocket } from "ws";
-import type { FrameReader } from "./frames.js";
+import { type FrameReader, sampledRowsEqual } from "./frames.js";
 import type { DaemonLink } from "./link.js";
 import type { DaemonSnapshot, DisplayState } from "./protocol.js";
 
@@ -34,6 +34,8 @@ class Feed {
   seq = 0;
   message: Buffer | undefined;
   lastCheck = 0;
+  /** Which eighth of the lines the next quick look reads. */
+  phase = 0;
   readonly subscribers = new Set<Subscription>();
 
   constructor(
@@ -187,9 +189,31 @@ export class LiveFrames {
     }
   }
 
-  /** Scans one display out; if it changed, encodes the frame once for every subscriber. */
+  /**
+   * Scans one display out; if it changed, encodes the frame once for every
+   * subscriber. A full-size display is first looked at one line in eight
+   * (another eighth each time, as x11vnc polls scanlines): when those lines
+   * are unchanged the rest is not read, so still screens cost an eighth, and
+   * a change shows within eight looks at worst.
+   */
   private look(f: Feed, d: DisplayState): void {
     const t0 = performance.now();
+    if (f.scale === 1 && f.rgba && f.scratch?.length === f.rgba.length) {
+      const rows = { phase: f.phase, step: 8 };
+      f.phase = (f.phase + 1) % 8;
+      const quick = this.reader.read(d, 1, f.scratch, rows);
+      if (
+        quick.partial &&
+        quick.width === f.width &&
+        quick.height === f.height &&
+        sampledRowsEqual(quick.rgba, f.rgba, f.width, rows)
+      ) {
+        const spent = performance.now() - t0;
+        this.tokens -= spent;
+        this.stats.scanMs += spent;
+        return;
+      }
+    }
     const frame = this.reader.read(d, f.scale, f.scratch);
     const changed =
       !f.rgba ||
