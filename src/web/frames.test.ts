@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { DisplayEngine, Dispi, DispiEnable } from "../gpu/index.js";
-import { BLANK, FrameReader, sampledRowsEqual } from "./frames.js";
+import { BLANK, FrameReader } from "./frames.js";
 import type { DisplayState } from "./protocol.js";
 
 const LM_BASE = 1 << 20;
@@ -73,20 +73,21 @@ test("a thumbnail is every scale-th pixel of every scale-th line; a display that
   assert.deepEqual(reader.mode(d), { width: 64, height: 48, bpp: 32, enabled: true });
 });
 
-test("a partial read covers one line in `step`, and the comparison sees changes only there", () => {
-  const { memory, d, expected, reader } = setup({ width: 64, height: 48, bpp: 32 });
-  const rows = { phase: 3, step: 8 };
-  const out = new Uint8Array(expected.rgba.length);
-  const partial = reader.read(d, 1, out, rows);
-  assert.equal(partial.partial, true);
-  assert.ok(sampledRowsEqual(partial.rgba, expected.rgba, 64, rows));
-  assert.ok(!sampledRowsEqual(partial.rgba, expected.rgba, 64, { phase: 4, step: 8 }), "other lines unread");
-  memory[LM_BASE + (11 * 64 + 5) * 4] ^= 0xff; // line 11 ≡ 3 (mod 8)
-  assert.ok(!sampledRowsEqual(reader.read(d, 1, out, rows).rgba, expected.rgba, 64, rows));
-  const slow = setup({ width: 64, height: 48, bpp: 16 });
-  assert.equal(
-    slow.reader.read(slow.d, 1, undefined, rows).partial,
-    false,
-    "modes off the fast path read whole",
-  );
+test("visible lines are views of the framebuffer where the mode puts it, for the fast-path modes only", () => {
+  const { memory, d, reader } = setup({ width: 100, height: 30, bpp: 32, virtWidth: 128, yOffset: 7 });
+  const lines = reader.visibleLines(d)!;
+  assert.deepEqual([lines.height, lines.lineBytes], [30, 400]);
+  const at = LM_BASE + (7 + 11) * 128 * 4;
+  assert.ok(Buffer.from(lines.line(11)).equals(Buffer.from(memory.subarray(at, at + 400))));
+  memory[at + 5] ^= 0xff;
+  assert.equal(lines.line(11)[5], memory[at + 5], "a view, not a copy");
+  const moved = { ...d, dispi: d.dispi.map((v, i) => (i === Dispi.Y_OFFSET ? 0 : v)) };
+  assert.notEqual(reader.visibleLines(moved)!.key, lines.key, "the key follows the scan-out offset");
+  for (const mode of [
+    { width: 64, height: 48, bpp: 16 },
+    { width: 64, height: 48, bpp: 32, bigEndian: true },
+  ]) {
+    const other = setup(mode);
+    assert.equal(other.reader.visibleLines(other.d), undefined, JSON.stringify(mode));
+  }
 });

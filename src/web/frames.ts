@@ -11,21 +11,13 @@ import type { DisplayState } from "./protocol.js";
 /** Shown while a display is off, so viewers always have a picture (VNC needs a size). */
 export const BLANK = { width: 640, height: 480 } as const;
 
-/** Which lines a partial read covers. */
-export interface RowSample {
-  readonly phase: number;
-  readonly step: number;
-}
-
-/** True when lines y ≡ phase (mod step) of two RGBA images of one width are equal. */
-export function sampledRowsEqual(a: Uint8Array, b: Uint8Array, width: number, rows: RowSample): boolean {
-  const row = width * 4;
-  const lines = Math.floor(a.length / row);
-  for (let y = rows.phase % rows.step; y < lines; y += rows.step) {
-    const at = y * row;
-    if (Buffer.compare(a.subarray(at, at + row), b.subarray(at, at + row)) !== 0) return false;
-  }
-  return true;
+/** The visible lines of a display where they are in memory (views, no copy). */
+export interface VisibleLines {
+  readonly height: number;
+  readonly lineBytes: number;
+  /** Changes whenever the mode, the stride or the scan-out offset does. */
+  readonly key: string;
+  line(y: number): Uint8Array;
 }
 
 export class FrameReader {
@@ -67,12 +59,30 @@ export class FrameReader {
   }
 
   /**
+   * The visible lines in memory, for 32 bpp little-endian modes (the common
+   * case): comparing them with a copy is a memcmp, far cheaper than a scan-out.
+   */
+  visibleLines(d: DisplayState): VisibleLines | undefined {
+    const e = this.engine(d);
+    if (!e.enabled || e.bpp !== 32 || e.bigEndian || e.width === 0 || e.height === 0) return undefined;
+    const stride = e.stride;
+    const lineBytes = e.width * 4;
+    if (e.scanoutOffset + (e.height - 1) * stride + lineBytes > d.lmSize) return undefined;
+    const base = d.lmBase + e.scanoutOffset;
+    const memory = this.memory;
+    return {
+      height: e.height,
+      lineBytes,
+      key: `${base}/${stride}/${e.width}x${e.height}`,
+      line: (y) => memory.subarray(base + y * stride, base + y * stride + lineBytes),
+    };
+  }
+
+  /**
    * The image scaled down by an integer `scale` (every scale-th pixel of every
    * scale-th line), as RGBA. `out` is reused when it has the right size.
-   * With `rows`, only lines y ≡ phase (mod step) are read (`partial` says so;
-   * modes off the fast path are always read whole): a cheap look for changes.
    */
-  read(d: DisplayState, scale: number, out?: Uint8Array, rows?: RowSample): Frame & { partial: boolean } {
+  read(d: DisplayState, scale: number, out?: Uint8Array): Frame {
     const e = this.engine(d);
     const width = e.enabled ? e.width : 0;
     const height = e.enabled ? e.height : 0;
@@ -81,7 +91,7 @@ export class FrameReader {
       const h = Math.max(1, Math.floor(BLANK.height / scale));
       const rgba = out?.length === w * h * 4 ? out : new Uint8Array(w * h * 4);
       new Uint32Array(rgba.buffer, rgba.byteOffset, w * h).fill(0xff000000);
-      return { width: w, height: h, rgba, partial: false };
+      return { width: w, height: h, rgba };
     }
     const w = Math.max(1, Math.floor(width / scale));
     const h = Math.max(1, Math.floor(height / scale));
@@ -94,8 +104,7 @@ export class FrameReader {
       // B, G, R, X in memory → R, G, B, A in a little-endian u32 view of RGBA.
       const src = this.words;
       const rowWords = stride / 4;
-      const step = rows?.step ?? 1;
-      for (let y = rows ? rows.phase % step : 0; y < h; y += step) {
+      for (let y = 0; y < h; y++) {
         let p = base / 4 + y * scale * rowWords;
         let o = y * w;
         for (let x = 0; x < w; x++, p += scale) {
@@ -103,12 +112,12 @@ export class FrameReader {
           dst[o++] = 0xff000000 | ((v & 0xff) << 16) | (v & 0xff00) | ((v >>> 16) & 0xff);
         }
       }
-      return { width: w, height: h, rgba, partial: step > 1 };
+      return { width: w, height: h, rgba };
     }
     const full = e.scanout(this.slice(d));
     const src = new Uint32Array(full.rgba.buffer, full.rgba.byteOffset, width * height);
     for (let y = 0; y < h; y++)
       for (let x = 0; x < w; x++) dst[y * w + x] = src[y * scale * width + x * scale]!;
-    return { width: w, height: h, rgba, partial: false };
+    return { width: w, height: h, rgba };
   }
 }

@@ -16,7 +16,7 @@
  */
 import { deflateSync } from "node:zlib";
 import type { WebSocket } from "ws";
-import { type FrameReader, sampledRowsEqual } from "./frames.js";
+import type { FrameReader } from "./frames.js";
 import type { DaemonLink } from "./link.js";
 import type { DaemonSnapshot, DisplayState } from "./protocol.js";
 
@@ -34,8 +34,11 @@ class Feed {
   seq = 0;
   message: Buffer | undefined;
   lastCheck = 0;
-  /** Which eighth of the lines the next quick look reads. */
+  /** Which eighth of the lines the next quick look compares. */
   phase = 0;
+  /** A copy of the visible lines as last scanned (full-size feeds), and the layout it is for. */
+  raw: Uint8Array | undefined;
+  rawKey = "";
   readonly subscribers = new Set<Subscription>();
 
   constructor(
@@ -191,28 +194,34 @@ export class LiveFrames {
 
   /**
    * Scans one display out; if it changed, encodes the frame once for every
-   * subscriber. A full-size display is first looked at one line in eight
-   * (another eighth each time, as x11vnc polls scanlines): when those lines
-   * are unchanged the rest is not read, so still screens cost an eighth, and
-   * a change shows within eight looks at worst.
+   * subscriber. A full-size display is first compared in memory with a copy
+   * of its lines, one line in eight (another eighth each time, as x11vnc polls
+   * scanlines): a still screen costs a memcmp of an eighth of it, and a change
+   * shows within eight looks at worst.
    */
   private look(f: Feed, d: DisplayState): void {
     const t0 = performance.now();
-    if (f.scale === 1 && f.rgba && f.scratch?.length === f.rgba.length) {
-      const rows = { phase: f.phase, step: 8 };
+    const lines = f.scale === 1 ? this.reader.visibleLines(d) : undefined;
+    if (lines && f.rgba && f.raw && f.rawKey === lines.key) {
+      const phase = f.phase;
       f.phase = (f.phase + 1) % 8;
-      const quick = this.reader.read(d, 1, f.scratch, rows);
-      if (
-        quick.partial &&
-        quick.width === f.width &&
-        quick.height === f.height &&
-        sampledRowsEqual(quick.rgba, f.rgba, f.width, rows)
-      ) {
+      let same = true;
+      for (let y = phase; y < lines.height && same; y += 8)
+        same =
+          Buffer.compare(lines.line(y), f.raw.subarray(y * lines.lineBytes, (y + 1) * lines.lineBytes)) === 0;
+      if (same) {
         const spent = performance.now() - t0;
         this.tokens -= spent;
         this.stats.scanMs += spent;
         return;
       }
+    }
+    if (lines) {
+      // The copy first: if the guest draws during the scan-out, the frame is the newer, and the next look sees it.
+      const size = lines.height * lines.lineBytes;
+      if (f.raw?.length !== size) f.raw = new Uint8Array(size);
+      for (let y = 0; y < lines.height; y++) f.raw.set(lines.line(y), y * lines.lineBytes);
+      f.rawKey = lines.key;
     }
     const frame = this.reader.read(d, f.scale, f.scratch);
     const changed =
