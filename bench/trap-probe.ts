@@ -1,6 +1,6 @@
 /** A worker for the dashboard benchmark: BAR2 register reads through a vGPU at a steady pace, timed. */
 import { parentPort, workerData } from "node:worker_threads";
-import { VReg } from "../src/mediator/index.js";
+import { Bar2 } from "../src/abi/index.js";
 import { Client, PciRegion } from "../src/vfio-user/index.js";
 
 const { socket, seconds, go } = workerData as { socket: string; seconds: number; go: SharedArrayBuffer };
@@ -15,7 +15,7 @@ const samples: number[] = [];
 const end = performance.now() + seconds * 1000;
 while (performance.now() < end) {
   const t0 = performance.now();
-  client.regionRead(PciRegion.BAR2, VReg.PV_INFO, out);
+  client.regionRead(PciRegion.BAR2, Bar2.PV_INFO, out);
   samples.push((performance.now() - t0) * 1000);
   Atomics.wait(pause, 0, 0, 2); // about 400 traps a second: a probe, not a load
 }

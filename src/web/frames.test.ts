@@ -5,7 +5,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { DisplayEngine, Dispi, DispiEnable } from "../gpu/index.js";
+import { Dispi, DispiEnable } from "../abi/index.js";
+import { DisplayEngine } from "../gpu/index.js";
 import { BLANK, FrameReader } from "./frames.js";
 import type { DisplayState } from "./protocol.js";
 

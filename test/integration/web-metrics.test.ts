@@ -6,8 +6,7 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { GTT_VALID } from "../../src/gpu/index.js";
-import { BAR2_SIZE, VReg } from "../../src/mediator/index.js";
+import { BAR2_SIZE, Bar2, GTT_VALID } from "../../src/abi/index.js";
 import { errnoName } from "../../src/sys/index.js";
 import { Client, PciRegion, VfioUserError } from "../../src/vfio-user/index.js";
 import { runVms } from "../../src/vmm/sim/run.js";
@@ -66,13 +65,13 @@ test("N trapped accesses, K GTT writes, a refused entry and E error replies move
     client.regionWrite(PciRegion.CONFIG, 4, new Uint8Array([0x06, 0x00])); // memory space + bus master
     const N = 37;
     const out = new Uint8Array(4);
-    for (let i = 0; i < N; i++) client.regionRead(PciRegion.BAR2, VReg.PV_INFO, out);
+    for (let i = 0; i < N; i++) client.regionRead(PciRegion.BAR2, Bar2.PV_INFO, out);
     const K = 5;
-    for (let i = 0; i < K; i++) client.regionWrite(PciRegion.BAR2, VReg.GTT + 8 * i, new Uint8Array(8));
+    for (let i = 0; i < K; i++) client.regionWrite(PciRegion.BAR2, Bar2.GTT + 8 * i, new Uint8Array(8));
     // Local memory page 0 belongs to the host, never to a vGPU: refused.
     const hostile = new Uint8Array(8);
     new DataView(hostile.buffer).setUint32(0, GTT_VALID, true);
-    client.regionWrite(PciRegion.BAR2, VReg.GTT + 8 * K, hostile);
+    client.regionWrite(PciRegion.BAR2, Bar2.GTT + 8 * K, hostile);
     const E = 3;
     for (let i = 0; i < E; i++)
       assert.throws(
