@@ -156,6 +156,8 @@ export async function run(): Promise<BenchReport> {
       ["closed again", undefined, true],
       ["still, closed", undefined, false],
       ["still, open (full size)", 1, false],
+      ["still, closed (2)", undefined, false],
+      ["still, open (full size) (2)", 1, false],
     ] as const)
       phases.push(await phase(name, daemon, vgpus, probe, web, scale, animate));
     const closed = (phases[0]!.webCores + phases[3]!.webCores) / 2;
