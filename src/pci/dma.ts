@@ -15,21 +15,30 @@ import {
   DMA_UNMAP_FLAG_ALL,
   DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
   type DeviceSession,
+  type DmaLoggingControl,
+  type DmaLoggingReport,
   type DmaMapRequest,
   type DmaUnmapRequest,
   Errno,
   VfioUserError,
+  dirtyBitmapSize,
 } from "../vfio-user/index.js";
 
 /** A DMA that could not be done; carries the errno a command reply would use. */
 export class DmaError extends VfioUserError {
   constructor(errno: number, message: string) {
     super(errno, message);
-    this.name = "DmaError";
   }
 }
 
 export const DMA_PAGE_SIZE = 4096;
+/** Largest dirty bitmap one REPORT returns (1 MiB covers 32 GiB of 4 KiB pages; it must fit one reply). */
+export const MAX_DIRTY_BITMAP = 1 << 20;
+
+function checkPageSize(pageSize: number): void {
+  if (!Number.isSafeInteger(pageSize) || pageSize < 512 || !Number.isInteger(Math.log2(pageSize)))
+    throw new DmaError(Errno.EINVAL, `page size ${pageSize}`);
+}
 
 class Window {
   /** One bit per 4 KiB page written while logging is on. */
@@ -149,7 +158,15 @@ export class DmaSpace {
       if (inside.length !== 1 || w!.address !== req.address || BigInt(w!.size) !== req.size)
         throw new DmaError(Errno.ENOENT, "a dirty bitmap needs the range of exactly one mapping");
       if (!this.logging || !w!.dirty) throw new DmaError(Errno.EINVAL, "dirty logging is not on");
-      bitmap = this.reportWindow(w!, w!.address, w!.size, Number(req.bitmap!.pgsize), req.bitmap!.size);
+      const pageSize = Number(req.bitmap!.pgsize);
+      checkPageSize(pageSize);
+      if (req.bitmap!.size !== dirtyBitmapSize(w!.size, pageSize))
+        throw new DmaError(
+          Errno.EINVAL,
+          `bitmap of ${req.bitmap!.size} bytes for ${w!.size} bytes of pages of ${pageSize}`,
+        );
+      bitmap = new Uint8Array(req.bitmap!.size);
+      this.reportWindow(w!, w!.address, w!.size, pageSize, bitmap);
     }
     for (const w of inside) this.release(w);
     this.windows = this.windows.filter((w) => !inside.includes(w));
@@ -202,11 +219,22 @@ export class DmaSpace {
 
   // ---- dirty logging (DEVICE_FEATURE DMA_LOGGING_*) -----------------------
 
-  startLogging(pageSize: number): void {
-    if (!Number.isInteger(Math.log2(pageSize)) || pageSize < 512)
-      throw new DmaError(Errno.EINVAL, `page size ${pageSize}`);
-    this.logging = { pageSize };
-    for (const w of this.windows) w.dirty = new Uint8Array(Math.ceil(w.size / DMA_PAGE_SIZE / 8));
+  /**
+   * DMA_LOGGING_START, all or nothing: the page size and every range are checked
+   * before logging changes. Ranges must lie in mapped windows; logging covers
+   * every window (the ranges only bound what the VMM will ask to report).
+   */
+  startLogging(control: DmaLoggingControl): void {
+    checkPageSize(control.pageSize);
+    for (const r of control.ranges)
+      if (r.length === 0n || !this.covered(r.iova, r.length))
+        throw new DmaError(
+          Errno.EINVAL,
+          `logging range 0x${r.iova.toString(16)}+0x${r.length.toString(16)} is not mapped`,
+        );
+    const bitmaps = this.windows.map((w) => new Uint8Array(Math.ceil(w.size / DMA_PAGE_SIZE / 8)));
+    this.logging = { pageSize: control.pageSize };
+    this.windows.forEach((w, i) => (w.dirty = bitmaps[i]));
   }
 
   stopLogging(): void {
@@ -218,38 +246,71 @@ export class DmaSpace {
     return this.logging !== undefined;
   }
 
-  /** The dirty bitmap (u64 words, one bit per pageSize) of [iova, iova+length); reported pages are cleared. */
-  report(iova: bigint, length: number, pageSize: number): Uint8Array {
+  /**
+   * DMA_LOGGING_REPORT: the dirty bitmap (u64 words, one bit per pageSize) of
+   * [iova, iova+length); reported pages are cleared. Everything is validated —
+   * logging on, the page size, the range mapped, the bitmap within `room` and
+   * within MAX_DIRTY_BITMAP — before the bitmap is allocated.
+   */
+  report(request: DmaLoggingReport, room: number): Uint8Array {
+    const { iova, length, pageSize } = request;
     if (!this.logging) throw new DmaError(Errno.EINVAL, "dirty logging is not on");
-    if (!Number.isInteger(Math.log2(pageSize)) || pageSize < 512)
-      throw new DmaError(Errno.EINVAL, `page size ${pageSize}`);
-    const pages = Math.ceil(length / pageSize);
-    const out = new Uint8Array(Math.ceil(pages / 64) * 8);
+    checkPageSize(pageSize);
+    if (length === 0 || !this.covered(iova, BigInt(length)))
+      throw new DmaError(
+        Errno.EINVAL,
+        `report range 0x${iova.toString(16)}+0x${length.toString(16)} is not mapped`,
+      );
+    const bytes = dirtyBitmapSize(length, pageSize);
+    if (bytes > room) throw new DmaError(Errno.EINVAL, "argsz too small for the bitmap");
+    if (bytes > MAX_DIRTY_BITMAP)
+      throw new DmaError(Errno.E2BIG, `a ${bytes}-byte bitmap exceeds ${MAX_DIRTY_BITMAP}`);
+    const out = new Uint8Array(bytes);
     for (const w of this.windows) {
       if (w.end <= iova || w.address >= iova + BigInt(length)) continue;
-      const part = this.reportWindow(w, iova, length, pageSize, out.length);
-      for (let i = 0; i < out.length; i++) out[i]! |= part[i]!;
+      this.reportWindow(w, iova, length, pageSize, out);
     }
     return out;
   }
 
   // ---- internals ----------------------------------------------------------
 
-  private reportWindow(w: Window, iova: bigint, length: number, pageSize: number, bytes: number): Uint8Array {
-    const out = new Uint8Array(bytes);
-    if (!w.dirty) return out;
-    const start = iova > w.address ? iova : w.address;
-    const end = iova + BigInt(length) < w.end ? iova + BigInt(length) : w.end;
-    for (let a = start; a < end; a += BigInt(DMA_PAGE_SIZE)) {
-      const page = Number(a - w.address) / DMA_PAGE_SIZE;
-      if (!(w.dirty[page >> 3]! & (1 << (page & 7)))) continue;
-      w.dirty[page >> 3]! &= ~(1 << (page & 7));
+  /** ORs the dirty pages of `w` inside [iova, iova+length) into `out` and clears them. */
+  private reportWindow(w: Window, iova: bigint, length: number, pageSize: number, out: Uint8Array): void {
+    if (!w.dirty) return;
+    const from = iova > w.address ? Number(iova - w.address) : 0;
+    const to = Math.min(w.size, Number(iova + BigInt(length) - w.address));
+    // Offset of the window's start from iova (negative when iova is inside the window).
+    const base = Number(w.address - iova);
+    const dirty = w.dirty;
+    const firstPage = Math.floor(from / DMA_PAGE_SIZE);
+    const endPage = Math.ceil(to / DMA_PAGE_SIZE);
+    for (let page = firstPage; page < endPage; page++) {
+      if (dirty[page >> 3] === 0) {
+        page |= 7; // the whole byte is clean
+        continue;
+      }
+      if (!(dirty[page >> 3]! & (1 << (page & 7)))) continue;
+      dirty[page >> 3]! &= ~(1 << (page & 7));
       // A 4 KiB page sets every report bit it overlaps (several when pageSize is smaller).
-      const first = Number((a - iova) / BigInt(pageSize));
-      const last = Number((a + BigInt(DMA_PAGE_SIZE) - 1n - iova) / BigInt(pageSize));
-      for (let bit = first; bit <= last && bit >> 3 < bytes; bit++) out[bit >> 3]! |= 1 << (bit & 7);
+      const start = base + page * DMA_PAGE_SIZE;
+      const first = Math.floor(Math.max(start, 0) / pageSize);
+      const last = Math.floor((start + DMA_PAGE_SIZE - 1) / pageSize);
+      for (let bit = first; bit <= last && bit >> 3 < out.length; bit++) out[bit >> 3]! |= 1 << (bit & 7);
     }
-    return out;
+  }
+
+  /** True if every byte of [address, address+length) is in some window. */
+  private covered(address: bigint, length: bigint): boolean {
+    let at = address;
+    const end = address + length;
+    for (const w of this.windows) {
+      if (w.end <= at) continue;
+      if (w.address > at) return false;
+      at = w.end;
+      if (at >= end) return true;
+    }
+    return at >= end;
   }
 
   private transfer(address: bigint, bytes: Uint8Array, isWrite: boolean): void {

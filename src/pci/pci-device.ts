@@ -19,11 +19,13 @@ import {
   DEVICE_FEATURE_SET,
   DEVICE_FLAGS_PCI,
   DEVICE_FLAGS_RESET,
+  DMA_LOGGING_REPORT_SIZE,
   type DeviceInfo,
   type DeviceSession,
   type DmaMapRequest,
   type DmaUnmapRequest,
   Errno,
+  FEATURE_HEADER_SIZE,
   Feature,
   type FeatureResult,
   type IrqInfo,
@@ -38,6 +40,12 @@ import {
   type SparseMmapArea,
   type VfioDevice,
   VfioUserError,
+  decodeDmaLoggingControl,
+  decodeDmaLoggingReport,
+  decodeMigDeviceState,
+  encodeDmaLoggingReport,
+  encodeFeatureU64,
+  encodeMigDeviceState,
 } from "../vfio-user/index.js";
 import {
   CapabilityChain,
@@ -262,59 +270,39 @@ export class PciDevice implements VfioDevice {
       if ((get && !canGet) || (set && !canSet))
         throw new VfioUserError(Errno.EINVAL, `feature ${feature} direction`);
     };
-    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    const none = { data: new Uint8Array(0) };
     const mig = this.migration;
     switch (feature) {
       case Feature.MIGRATION: {
         if (!mig) break;
         supports(true, false);
-        if (probe) return { data: new Uint8Array(0) };
-        return { data: u64(mig.flags) };
+        return probe ? none : { data: encodeFeatureU64(mig.flags) };
       }
       case Feature.MIG_DEVICE_STATE: {
         if (!mig) break;
         supports(true, true);
-        if (probe) return { data: new Uint8Array(0) };
-        if (set) {
-          if (data.length < 4) throw new VfioUserError(Errno.EINVAL, "MIG_DEVICE_STATE needs a state");
-          mig.set(view.getUint32(0, true));
-        }
-        const out = new Uint8Array(8);
-        const ov = new DataView(out.buffer);
-        ov.setUint32(0, mig.state, true);
-        ov.setInt32(4, -1, true); // data_fd: unused in vfio-user
-        return { data: out };
+        if (probe) return none;
+        if (set) mig.set(decodeMigDeviceState(data));
+        return { data: encodeMigDeviceState(mig.state) };
       }
-      case Feature.DMA_LOGGING_START:
+      case Feature.DMA_LOGGING_START: {
+        supports(false, true);
+        if (probe) return none;
+        this.dma.startLogging(decodeDmaLoggingControl(data));
+        return { data };
+      }
       case Feature.DMA_LOGGING_STOP: {
         supports(false, true);
-        if (probe) return { data: new Uint8Array(0) };
-        if (feature === Feature.DMA_LOGGING_STOP) {
-          this.dma.stopLogging();
-          return { data: new Uint8Array(0) };
-        }
-        if (data.length < 16) throw new VfioUserError(Errno.EINVAL, "DMA_LOGGING_START payload");
-        const pageSize = Number(view.getBigUint64(0, true));
-        const ranges = view.getUint32(8, true);
-        if (data.length !== 16 + ranges * 16)
-          throw new VfioUserError(Errno.EINVAL, "DMA_LOGGING_START ranges");
-        this.dma.startLogging(pageSize);
-        return { data };
+        if (probe) return none;
+        this.dma.stopLogging();
+        return none;
       }
       case Feature.DMA_LOGGING_REPORT: {
         supports(true, false);
-        if (probe) return { data: new Uint8Array(0) };
-        if (data.length !== 24) throw new VfioUserError(Errno.EINVAL, "DMA_LOGGING_REPORT payload");
-        const iova = view.getBigUint64(0, true);
-        const length = Number(view.getBigUint64(8, true));
-        const pageSize = Number(view.getBigUint64(16, true));
-        const bitmap = this.dma.report(iova, length, pageSize);
-        if (8 + 24 + bitmap.length > argsz)
-          throw new VfioUserError(Errno.EINVAL, "argsz too small for the bitmap");
-        const out = new Uint8Array(24 + bitmap.length);
-        out.set(data);
-        out.set(bitmap, 24);
-        return { data: out };
+        if (probe) return none;
+        const report = decodeDmaLoggingReport(data);
+        const bitmap = this.dma.report(report, argsz - FEATURE_HEADER_SIZE - DMA_LOGGING_REPORT_SIZE);
+        return { data: encodeDmaLoggingReport(data, bitmap) };
       }
     }
     throw new VfioUserError(Errno.ENOTTY, `feature ${feature} not supported`);
@@ -395,10 +383,4 @@ export class PciDevice implements VfioDevice {
     this.resets[kind]++;
     this.options.onReset?.(kind);
   }
-}
-
-function u64(value: number): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(value), true);
-  return b;
 }

@@ -162,7 +162,7 @@ test("DMA_UNMAP with a dirty bitmap returns the window's written pages", () => {
   const fd = createMemfd("guest", 0x10000);
   const dma = new DmaSpace({ session: () => undefined, busMaster: () => true });
   dma.map({ flags: 3, offset: 0n, address: 0x100000n, size: 0x10000n }, fd);
-  dma.startLogging(4096);
+  dma.startLogging({ pageSize: 4096, ranges: [] });
   dma.write(0x103000n, new Uint8Array(10));
   dma.write(0x10f000n, new Uint8Array(4096));
   const bitmap = dma.unmap({

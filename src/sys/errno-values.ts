@@ -10,3 +10,6 @@ export const ECONNRESET = constants.errno.ECONNRESET;
 export const EPIPE = constants.errno.EPIPE;
 export const ENAMETOOLONG = constants.errno.ENAMETOOLONG;
 export const ETIMEDOUT = constants.errno.ETIMEDOUT;
+export const EIO = constants.errno.EIO;
+export const EMFILE = constants.errno.EMFILE;
+export const ENFILE = constants.errno.ENFILE;

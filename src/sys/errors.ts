@@ -1,4 +1,5 @@
 import { constants } from "node:os";
+import { MgpuError } from "../base/index.js";
 
 const errnoNames = new Map<number, string>();
 for (const [name, value] of Object.entries(constants.errno)) {
@@ -16,15 +17,12 @@ export function errnoValue(name: keyof typeof constants.errno): number {
 }
 
 /** A failed system call: carries the errno value, its name (`code`) and the call. */
-export class SysError extends Error {
-  readonly code: string;
+export class SysError extends MgpuError {
   constructor(
     readonly syscall: string,
     readonly errno: number,
     detail?: string,
   ) {
-    super(`${syscall} failed: ${errnoName(errno)}${detail ? ` (${detail})` : ""}`);
-    this.name = "SysError";
-    this.code = errnoName(errno);
+    super(errnoName(errno), `${syscall} failed: ${errnoName(errno)}${detail ? ` (${detail})` : ""}`);
   }
 }

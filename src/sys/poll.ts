@@ -1,4 +1,4 @@
-import { EINTR } from "./errno-values.js";
+import { EINTR, EIO } from "./errno-values.js";
 import { type NativePointer, allocNative, errno, freeNative, libc } from "./libc.js";
 import { SysError } from "./errors.js";
 
@@ -63,7 +63,7 @@ export class Poller {
   waitAsync(timeoutMs: number): Promise<number> {
     return new Promise((resolve, reject) => {
       libc.poll.async(this.native.pointer, this.entries, timeoutMs, (err, n) => {
-        if (err) reject(err instanceof Error ? err : new Error(String(err)));
+        if (err) reject(err instanceof Error ? err : new SysError("poll", EIO, String(err)));
         else resolve(n < 0 ? 0 : n);
       });
     });

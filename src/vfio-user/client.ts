@@ -42,15 +42,19 @@ import {
   type SmallWrite,
   type VersionPayload,
   decodeDeviceInfo,
+  decodeDmaAccess,
   decodeIoFds,
   decodeIrqInfo,
   decodeRegionInfo,
   decodeVersion,
+  encodeDmaAccess,
   encodeDmaMap,
   encodeDmaUnmap,
+  encodeDmaWriteReply,
   encodeFeature,
   encodeIoFdsRequest,
   encodeIrqInfoRequest,
+  encodeRegionAccess,
   encodeRegionInfoRequest,
   encodeSetIrqs,
   encodeVersion,
@@ -268,11 +272,7 @@ export class Client {
     outOffset: number,
     count: number,
   ): void {
-    const v = this.conn.sendView;
-    v.setUint32(HEADER_SIZE, offset % 0x100000000, true);
-    v.setUint32(HEADER_SIZE + 4, Math.floor(offset / 0x100000000), true);
-    v.setUint32(HEADER_SIZE + 8, region, true);
-    v.setUint32(HEADER_SIZE + 12, count, true);
+    encodeRegionAccess(this.conn.sendView, HEADER_SIZE, offset, region, count);
     const reply = this.request(Command.REGION_READ, REGION_ACCESS_SIZE);
     try {
       if (
@@ -298,12 +298,7 @@ export class Client {
     for (let done = 0; done < data.length || (done === 0 && data.length === 0);) {
       const count = Math.min(max, data.length - done);
       if (count === 0) throw invalid("empty REGION_WRITE");
-      const v = this.conn.sendView;
-      const at = offset + done;
-      v.setUint32(HEADER_SIZE, at % 0x100000000, true);
-      v.setUint32(HEADER_SIZE + 4, Math.floor(at / 0x100000000), true);
-      v.setUint32(HEADER_SIZE + 8, region, true);
-      v.setUint32(HEADER_SIZE + 12, count, true);
+      encodeRegionAccess(this.conn.sendView, HEADER_SIZE, offset + done, region, count);
       const payload = this.conn.sendPayload;
       if (count <= 8) for (let i = 0; i < count; i++) payload[REGION_ACCESS_SIZE + i] = data[done + i]!;
       else payload.set(data.subarray(done, done + count), REGION_ACCESS_SIZE);
@@ -527,20 +522,15 @@ export class Client {
     let errno = 0;
     let length = 0;
     try {
-      const r = m.reader();
-      const address = r.u64("address");
-      const count = r.u64n("count");
-      if (count > this.maxDataXferSize) throw invalid(`DMA count ${count}`);
+      const req = decodeDmaAccess(m.reader(), m.command === Command.DMA_WRITE, this.maxDataXferSize);
       if (!this.memory) throw new VfioUserError(Errno.EFAULT, "no memory mapped without fds");
       const w = conn.payloadWriter();
-      if (m.command === Command.DMA_READ) {
-        if (r.remaining !== 0) throw invalid("DMA_READ payload size");
-        w.u64(address).u64(count);
-        this.memory.read(address, w.reserve(count));
+      if (req.data) {
+        this.memory.write(req.address, req.data);
+        encodeDmaWriteReply(w, req.address, req.count);
       } else {
-        if (r.remaining !== count) throw invalid("DMA_WRITE payload size");
-        this.memory.write(address, r.bytes(count, "data"));
-        w.u64(address).u32(count);
+        encodeDmaAccess(w, req.address, req.count);
+        this.memory.read(req.address, w.reserve(req.count));
       }
       length = w.length;
     } catch (e) {

@@ -2,8 +2,9 @@
  * Payload codecs for every vfio-user message (the part after the 16-byte header),
  * one encode/decode pair per structure, with the layouts of the spec. Decoders
  * validate sizes and reserved fields and throw VfioUserError(EINVAL) on a
- * malformed payload. REGION_READ/WRITE are also decoded inline on the hot path
- * (server.ts / client.ts); these codecs are the reference for them.
+ * malformed payload. REGION_READ/WRITE, on the trap path, are coded in place
+ * at fixed offsets of the connection's native buffers into a reused object, so
+ * a trapped access allocates nothing.
  */
 import {
   DMA_UNMAP_FLAG_ALL,
@@ -17,7 +18,7 @@ import {
   REGION_INFO_FLAG_CAPS,
   REGION_INFO_CAP_TYPE,
 } from "./constants.js";
-import { invalid } from "./errors.js";
+import { Errno, VfioUserError, invalid } from "./errors.js";
 
 /** A bounds-checked little cursor over a payload. */
 export class PayloadReader {
@@ -218,6 +219,13 @@ export function encodeDeviceInfo(w: PayloadWriter, argsz: number, info: DeviceIn
   w.u32(argsz).u32(info.flags).u32(info.numRegions).u32(info.numIrqs);
 }
 
+/** The request is only an argsz (and zeroed fields): the whole struct. */
+export function decodeDeviceInfoRequest(r: PayloadReader): { argsz: number } {
+  const argsz = r.u32("argsz");
+  if (argsz < DEVICE_INFO_SIZE || r.length !== DEVICE_INFO_SIZE) throw invalid(`GET_INFO argsz ${argsz}`);
+  return { argsz };
+}
+
 export function decodeDeviceInfo(r: PayloadReader): DeviceInfo & { argsz: number } {
   const argsz = r.u32("argsz");
   return { argsz, flags: r.u32("flags"), numRegions: r.u32("num_regions"), numIrqs: r.u32("num_irqs") };
@@ -411,6 +419,7 @@ export function encodeIrqInfoRequest(w: PayloadWriter, index: number): void {
 }
 
 export function decodeIrqInfoRequest(r: PayloadReader): { argsz: number; index: number } {
+  if (r.length !== IRQ_INFO_SIZE) throw invalid("GET_IRQ_INFO payload size");
   const argsz = r.u32("argsz");
   r.u32("flags");
   const index = r.u32("index");
@@ -491,6 +500,97 @@ export const REGION_ACCESS_SIZE = 16; // offset u64, region u32, count u32
 export const DMA_ACCESS_SIZE = 16; // address u64, count u64
 export const DMA_WRITE_REPLY_SIZE = 12; // address u64, count u32
 
+/** The fixed fields of REGION_READ/REGION_WRITE (request and reply); reused, never allocated per message. */
+export class RegionAccess {
+  offset = 0;
+  region = 0;
+  count = 0;
+}
+
+/** A u64 offset read without a BigInt; offsets past 2^53 are refused. */
+export function u64AsNumber(v: DataView, at: number): number {
+  const lo = v.getUint32(at, true);
+  const hi = v.getUint32(at + 4, true);
+  if (hi > 0x1fffff) throw invalid("offset too large");
+  return hi * 0x100000000 + lo;
+}
+
+/**
+ * Decodes the fixed part of a REGION_READ/WRITE at `at` of a buffer into `into`.
+ * `dataLength` is what follows the fixed part: 0 for a read request, `count` for
+ * a write; `maxCount` is the negotiated transfer limit.
+ */
+export function decodeRegionAccess(
+  v: DataView,
+  at: number,
+  payloadLength: number,
+  isWrite: boolean,
+  maxCount: number,
+  into: RegionAccess,
+): RegionAccess {
+  const what = isWrite ? "REGION_WRITE" : "REGION_READ";
+  if (isWrite ? payloadLength < REGION_ACCESS_SIZE : payloadLength !== REGION_ACCESS_SIZE)
+    throw invalid(`${what} payload size`);
+  into.offset = u64AsNumber(v, at);
+  into.region = v.getUint32(at + 8, true);
+  into.count = v.getUint32(at + 12, true);
+  if (into.count === 0 || into.count > maxCount) throw invalid(`${what} count ${into.count}`);
+  if (isWrite && into.count !== payloadLength - REGION_ACCESS_SIZE)
+    throw invalid(`${what} count ${into.count}`);
+  return into;
+}
+
+/** Writes the fixed part of a REGION_READ/WRITE at `at` (the data, if any, goes after it). */
+export function encodeRegionAccess(
+  v: DataView,
+  at: number,
+  offset: number,
+  region: number,
+  count: number,
+): void {
+  v.setUint32(at, offset % 0x100000000, true);
+  v.setUint32(at + 4, Math.floor(offset / 0x100000000), true);
+  v.setUint32(at + 8, region, true);
+  v.setUint32(at + 12, count, true);
+}
+
+/** DMA_READ / DMA_WRITE request (server → client); DMA_WRITE's data follows. */
+export function encodeDmaAccess(w: PayloadWriter, address: bigint, count: number, data?: Uint8Array): void {
+  w.u64(address).u64(count);
+  if (data) w.bytes(data);
+}
+
+export interface DmaAccess {
+  readonly address: bigint;
+  readonly count: number;
+  /** DMA_WRITE: the bytes to write (a view into the receive buffer). */
+  readonly data?: Uint8Array;
+}
+
+export function decodeDmaAccess(r: PayloadReader, isWrite: boolean, maxCount: number): DmaAccess {
+  const address = r.u64("address");
+  const count = r.u64n("count");
+  if (count > maxCount) throw invalid(`DMA count ${count}`);
+  if (!isWrite) {
+    if (r.remaining !== 0) throw invalid("DMA_READ payload size");
+    return { address, count };
+  }
+  if (r.remaining !== count) throw invalid("DMA_WRITE payload size");
+  return { address, count, data: r.bytes(count, "data") };
+}
+
+/** The data of a DMA_READ reply, checked against the count asked for. */
+export function decodeDmaReadReply(r: PayloadReader, count: number): Uint8Array {
+  r.u64("address");
+  const got = r.u64n("count");
+  if (got !== count || r.remaining !== count) throw new VfioUserError(Errno.EIO, "short DMA_READ reply");
+  return r.bytes(count, "data");
+}
+
+export function encodeDmaWriteReply(w: PayloadWriter, address: bigint, count: number): void {
+  w.u64(address).u32(count);
+}
+
 // ---- REGION_WRITE_MULTI --------------------------------------------------
 
 export const WRITE_MULTI_ENTRY_SIZE = 24;
@@ -551,6 +651,125 @@ export function decodeFeature(r: PayloadReader): FeatureRequest {
   return { argsz, flags, data: r.bytes(r.remaining, "feature data") };
 }
 
+/** The reply: argsz (what it holds), the request's flags, then the feature's data. */
+export function encodeFeatureReply(
+  w: PayloadWriter,
+  requestArgsz: number,
+  flags: number,
+  data: Uint8Array,
+): void {
+  if (FEATURE_HEADER_SIZE + data.length > requestArgsz) throw invalid("feature data larger than argsz");
+  w.u32(FEATURE_HEADER_SIZE + data.length)
+    .u32(flags)
+    .bytes(data);
+}
+
+// The data of individual features (after argsz/flags), as <linux/vfio.h> lays them out.
+
+function dataReader(data: Uint8Array): PayloadReader {
+  return new PayloadReader(new DataView(data.buffer, data.byteOffset, data.byteLength), 0, data.length);
+}
+
+/** A u64 feature value (VFIO_DEVICE_FEATURE_MIGRATION's flags). */
+export function encodeFeatureU64(value: number | bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(value), true);
+  return b;
+}
+
+/** vfio_device_feature_mig_state: device_state u32, data_fd s32 (unused in vfio-user: -1). */
+export const MIG_STATE_SIZE = 8;
+
+export function decodeMigDeviceState(data: Uint8Array): number {
+  if (data.length < 4) throw invalid("MIG_DEVICE_STATE needs a state");
+  return dataReader(data).u32("device_state");
+}
+
+export function encodeMigDeviceState(state: number): Uint8Array {
+  const out = new Uint8Array(MIG_STATE_SIZE);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, state, true);
+  v.setInt32(4, -1, true);
+  return out;
+}
+
+/** vfio_device_feature_dma_logging_control: page_size u64, num_ranges u32, reserved u32, ranges. */
+export interface DmaLoggingControl {
+  readonly pageSize: number;
+  readonly ranges: readonly { readonly iova: bigint; readonly length: bigint }[];
+}
+export const DMA_LOGGING_CONTROL_SIZE = 16;
+export const DMA_LOGGING_RANGE_SIZE = 16;
+/** Most ranges one START may carry (the payload is bounded by the message size anyway). */
+export const DMA_LOGGING_MAX_RANGES = 4096;
+
+/**
+ * The ranges are given inline here (vfio-user has no user pointers to follow):
+ * num_ranges entries of { iova u64, length u64 } follow the fixed part.
+ */
+export function decodeDmaLoggingControl(data: Uint8Array): DmaLoggingControl {
+  if (data.length < DMA_LOGGING_CONTROL_SIZE) throw invalid("DMA_LOGGING_START payload");
+  const r = dataReader(data);
+  const pageSize = r.u64n("page_size");
+  const count = r.u32("num_ranges");
+  r.u32("reserved");
+  if (count > DMA_LOGGING_MAX_RANGES || r.remaining !== count * DMA_LOGGING_RANGE_SIZE)
+    throw invalid("DMA_LOGGING_START ranges");
+  const ranges: { iova: bigint; length: bigint }[] = [];
+  for (let i = 0; i < count; i++) ranges.push({ iova: r.u64("iova"), length: r.u64("length") });
+  return { pageSize, ranges };
+}
+
+/** vfio_device_feature_dma_logging_report: iova u64, length u64, page_size u64; the bitmap follows in the reply. */
+export interface DmaLoggingReport {
+  readonly iova: bigint;
+  readonly length: number;
+  readonly pageSize: number;
+}
+export const DMA_LOGGING_REPORT_SIZE = 24;
+
+export function decodeDmaLoggingReport(data: Uint8Array): DmaLoggingReport {
+  if (data.length !== DMA_LOGGING_REPORT_SIZE) throw invalid("DMA_LOGGING_REPORT payload");
+  const r = dataReader(data);
+  return { iova: r.u64("iova"), length: r.u64n("length"), pageSize: r.u64n("page_size") };
+}
+
+/** The REPORT reply's data: the request echoed, then the bitmap (u64 words, one bit per page). */
+export function encodeDmaLoggingReport(request: Uint8Array, bitmap: Uint8Array): Uint8Array {
+  const out = new Uint8Array(DMA_LOGGING_REPORT_SIZE + bitmap.length);
+  out.set(request.subarray(0, DMA_LOGGING_REPORT_SIZE));
+  out.set(bitmap, DMA_LOGGING_REPORT_SIZE);
+  return out;
+}
+
+/** Bytes of a report bitmap for `length` bytes at `pageSize` (u64 words). */
+export function dirtyBitmapSize(length: number, pageSize: number): number {
+  return Math.ceil(Math.ceil(length / pageSize) / 64) * 8;
+}
+
 // ---- MIG_DATA_READ / MIG_DATA_WRITE --------------------------------------
 
 export const MIG_DATA_HEADER_SIZE = 8;
+
+/** MIG_DATA_READ request: argsz u32, size u32 (how much the client takes). */
+export function decodeMigDataReadRequest(r: PayloadReader, maxSize: number): number {
+  if (r.length !== MIG_DATA_HEADER_SIZE) throw invalid("MIG_DATA_READ payload size");
+  const argsz = r.u32("argsz");
+  const size = r.u32("size");
+  if (size > maxSize || argsz < MIG_DATA_HEADER_SIZE + size) throw invalid(`MIG_DATA_READ size ${size}`);
+  return size;
+}
+
+export function encodeMigData(w: PayloadWriter, data: Uint8Array): void {
+  w.u32(MIG_DATA_HEADER_SIZE + data.length)
+    .u32(data.length)
+    .bytes(data);
+}
+
+/** MIG_DATA_WRITE request: argsz, size, then the data (a view into the receive buffer). */
+export function decodeMigDataWrite(r: PayloadReader, maxSize: number): Uint8Array {
+  r.u32("argsz");
+  const size = r.u32("size");
+  if (size !== r.remaining || size > maxSize) throw invalid(`MIG_DATA_WRITE size ${size}`);
+  return r.bytes(size, "data");
+}
