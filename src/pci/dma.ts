@@ -8,7 +8,7 @@
  * (its pages replaced by private zero pages) and views taken from it report
  * themselves stale, so a device that still holds one gets a clean error.
  */
-import { Mapping, SysError, closeFd, fdSize } from "../sys/index.js";
+import { Mapping, SysError, closeFd, fdSize, fileIdentity } from "../sys/index.js";
 import {
   DMA_FLAG_READ,
   DMA_FLAG_WRITE,
@@ -44,6 +44,9 @@ class Window {
   /** One bit per 4 KiB page written while logging is on. */
   dirty: Uint8Array | undefined;
   revoked = false;
+  /** The fd's file ("dev:ino") and offset, to recognise the same mapping made twice. */
+  file: string | undefined;
+  fdOffset = 0n;
   constructor(
     readonly address: bigint,
     readonly size: number,
@@ -106,6 +109,8 @@ export class DmaSpace {
     if (this.windows.length >= (this.options.maxMappings ?? 65535))
       throw new DmaError(Errno.ENOSPC, "too many DMA mappings");
     const end = req.address + size;
+    const same = this.windows.find((w) => w.address === req.address && BigInt(w.size) === size);
+    if (same) return this.remap(same, req, fd);
     if (this.windows.some((w) => req.address < w.end && w.address < end))
       throw new DmaError(Errno.EEXIST, "DMA_MAP overlaps an existing mapping");
     let mapping: Mapping | undefined;
@@ -129,9 +134,23 @@ export class DmaSpace {
       }
     }
     const w = new Window(req.address, Number(size), req.flags, mapping, fd);
+    w.fdOffset = fd === undefined ? 0n : req.offset;
+    w.file = fd === undefined ? undefined : fileIdentity(fd);
     if (this.logging) w.dirty = new Uint8Array(Math.ceil(w.size / DMA_PAGE_SIZE / 8));
     this.windows.push(w);
     this.windows.sort((a, b) => (a.address < b.address ? -1 : 1));
+  }
+
+  /**
+   * The same range mapped again (QEMU does so when its memory listener replays
+   * a section): accepted, as the kernel and libvfio-user do, when it is the same
+   * file at the same offset with the same access; anything else is EINVAL.
+   */
+  private remap(w: Window, req: DmaMapRequest, fd: number | undefined): void {
+    const identity = fd === undefined ? undefined : fileIdentity(fd);
+    if (req.flags !== w.flags || identity !== w.file || (fd !== undefined && req.offset !== w.fdOffset))
+      throw new DmaError(Errno.EINVAL, "DMA_MAP of a mapped range with another file, offset or access");
+    if (fd !== undefined) closeFd(fd);
   }
 
   /**

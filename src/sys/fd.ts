@@ -1,3 +1,4 @@
+import { fstatSync } from "node:fs";
 import { EINTR } from "./errno-values.js";
 import { F_GETFL, F_SETFL, O_NONBLOCK, check, errno, libc } from "./libc.js";
 import { SysError } from "./errors.js";
@@ -29,4 +30,10 @@ export function isOpenFd(fd: number): boolean {
 /** Size of the file behind fd (memfds, regular files). */
 export function fdSize(fd: number): number {
   return check("lseek", libc.lseek(fd, 0, 2 /* SEEK_END */));
+}
+
+/** Which file an fd refers to ("dev:ino"): two fds of one file give the same string. */
+export function fileIdentity(fd: number): string {
+  const st = fstatSync(fd, { bigint: true });
+  return `${st.dev}:${st.ino}`;
 }

@@ -1,6 +1,6 @@
 /** src/sys — the project's only door to libc (through koffi). */
 export { SysError, errnoName, errnoValue } from "./errors.js";
-export { closeFd, dupFd, fdSize, isOpenFd, setNonBlocking } from "./fd.js";
+export { closeFd, dupFd, fdSize, fileIdentity, isOpenFd, setNonBlocking } from "./fd.js";
 export { EventFd } from "./eventfd.js";
 export { createMemfd, truncateFd } from "./memfd.js";
 export { Mapping, type MapOptions } from "./mmap.js";

@@ -73,8 +73,12 @@ export function parseCapabilities(json: string | undefined): Capabilities {
   let migration: Capabilities["migration"];
   if (caps.migration !== undefined) {
     if (!isObject(caps.migration)) throw invalid("migration must be an object");
+    const pgsize = positiveInt(caps.migration, "pgsize", 4096, Number.MAX_SAFE_INTEGER);
+    // As libvfio-user: the dirty-page granule is a power of two, at least one host page.
+    if (pgsize < 4096 || !Number.isInteger(Math.log2(pgsize)))
+      throw invalid(`migration.pgsize ${pgsize} is not a power of two of at least 4096`);
     migration = {
-      pgsize: positiveInt(caps.migration, "pgsize", 4096, Number.MAX_SAFE_INTEGER),
+      pgsize,
       maxBitmapSize: positiveInt(caps.migration, "max_bitmap_size", 0, Number.MAX_SAFE_INTEGER),
     };
   }

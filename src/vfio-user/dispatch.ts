@@ -55,13 +55,13 @@ handlers[Command.MIG_DATA_WRITE] = handleMigDataWrite;
 export function dispatch(s: Session, m: Message): void {
   const conn = s.conn;
   try {
-    if ((m.flags & FLAG_TYPE_MASK) !== FLAG_TYPE_COMMAND) {
-      if ((m.flags & FLAG_TYPE_MASK) === FLAG_TYPE_REPLY) {
-        s.log.warn({ id: m.id, command: m.command }, "reply to nothing we sent; dropped");
-        return;
-      }
-      throw invalid(`message type ${m.flags & FLAG_TYPE_MASK}`);
-    }
+    // A reply to nothing we are waiting for, or an unknown type: EINVAL, as libvfio-user.
+    if ((m.flags & FLAG_TYPE_MASK) !== FLAG_TYPE_COMMAND)
+      throw invalid(
+        (m.flags & FLAG_TYPE_MASK) === FLAG_TYPE_REPLY
+          ? "a reply to no request of ours"
+          : `message type ${m.flags & FLAG_TYPE_MASK}`,
+      );
     s.endpoint.stats.commands[m.command & 31]!++;
     if (m.oversized) throw new VfioUserError(Errno.E2BIG, `message of ${m.size} bytes`);
     if (!s.negotiated && m.command !== Command.VERSION)

@@ -183,8 +183,13 @@ export function encodeDmaUnmap(w: PayloadWriter, m: DmaUnmapRequest): void {
   if (m.bitmap) w.u64(m.bitmap.pgsize).u64(m.bitmap.size);
 }
 
-export function decodeDmaUnmap(r: PayloadReader): DmaUnmapRequest {
+/**
+ * `maxArgsz` bounds argsz (the server's max_data_xfer_size, as libvfio-user):
+ * a client cannot announce a reply larger than any transfer it negotiated.
+ */
+export function decodeDmaUnmap(r: PayloadReader, maxArgsz = 0xffffffff): DmaUnmapRequest {
   const argsz = r.u32("argsz");
+  if (argsz > maxArgsz) throw invalid(`DMA_UNMAP argsz ${argsz} exceeds ${maxArgsz}`);
   const flags = r.u32("flags");
   if (flags & ~(DMA_UNMAP_FLAG_ALL | DMA_UNMAP_FLAG_GET_DIRTY_BITMAP))
     throw invalid(`DMA_UNMAP flags 0x${flags.toString(16)}`);

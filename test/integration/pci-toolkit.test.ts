@@ -234,7 +234,13 @@ test("DMA: fd-backed and message-based, scatter across windows, bus master and p
   assert.equal(rd(c, 0, Reg.ERROR), 1, "EPERM: read-only mapping");
   assert.throws(
     () => c.dmaMap({ flags: 3, offset: 0n, address: 0x1000_0000n, size: 0x1000n }),
+    errno("EINVAL"),
+    "the same range again, but another backing and access (libvfio-user: EINVAL)",
+  );
+  assert.throws(
+    () => c.dmaMap({ flags: 1, offset: 0n, address: 0x1000_0000n, size: 0x2000n }, memfd),
     errno("EEXIST"),
+    "overlaps a mapping",
   );
   assert.throws(
     () => c.dmaMap({ flags: 3, offset: 0n, address: 0x3000_0001n, size: 0x1000n }),

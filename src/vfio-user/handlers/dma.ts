@@ -22,7 +22,7 @@ export function handleDmaMap(s: Session, m: Message): number {
 
 export function handleDmaUnmap(s: Session, m: Message): number {
   noFds(m);
-  const req = decodeDmaUnmap(m.reader());
+  const req = decodeDmaUnmap(m.reader(), s.limits.maxDataXferSize);
   const bitmap = s.device.dmaUnmap(req);
   const w = s.conn.payloadWriter();
   encodeDmaUnmap(w, req);
