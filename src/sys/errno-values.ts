@@ -13,3 +13,4 @@ export const ETIMEDOUT = constants.errno.ETIMEDOUT;
 export const EIO = constants.errno.EIO;
 export const EMFILE = constants.errno.EMFILE;
 export const ENFILE = constants.errno.ENFILE;
+export const ENOBUFS = constants.errno.ENOBUFS;

@@ -3,7 +3,7 @@
  * (SCM_RIGHTS) through buffers that live in native memory, so sending and
  * receiving a message allocates nothing.
  */
-import { EAGAIN, EINTR, EMSGSIZE, ENAMETOOLONG } from "./errno-values.js";
+import { EAGAIN, EINTR, EINVAL, EMSGSIZE, ENAMETOOLONG, ENOBUFS } from "./errno-values.js";
 import { closeFd } from "./fd.js";
 import {
   AF_UNIX,
@@ -206,6 +206,92 @@ export interface ChannelOptions {
   readonly capacity: number;
   /** Most fds one message may carry in either direction. */
   readonly maxFds?: number;
+  /**
+   * Never block on send: what the peer does not take at once waits in an
+   * output queue of at most this many bytes (see `sendQueued`).
+   */
+  readonly queueLimit?: number;
+}
+
+/** Fds that must ride on the first byte at stream position `at` of the output queue (dups, ours to close). */
+interface QueuedFds {
+  at: number;
+  readonly fds: number[];
+}
+
+/**
+ * The bytes a non-blocking channel could not send yet, in native memory (the
+ * pages are only committed when a peer falls behind), with the fds that go
+ * with them. Stream positions count bytes ever queued, so fd batches keep
+ * their place across compaction.
+ */
+class OutputQueue {
+  private native: { pointer: NativePointer; address: bigint; bytes: Uint8Array } | undefined;
+  private head = 0;
+  private tail = 0;
+  /** Stream position of bytes[0]. */
+  private base = 0;
+  readonly fds: QueuedFds[] = [];
+
+  constructor(readonly limit: number) {}
+
+  get length(): number {
+    return this.tail - this.head;
+  }
+
+  /** Appends bytes (and dups of fds for their first byte); false if that would pass the limit. */
+  push(from: Uint8Array, fds: readonly number[] | undefined): boolean {
+    if (this.length + from.length > this.limit) return false;
+    const q = this.storage();
+    if (this.tail + from.length > this.limit) {
+      q.bytes.copyWithin(0, this.head, this.tail);
+      this.base += this.head;
+      this.tail -= this.head;
+      this.head = 0;
+    }
+    if (fds && fds.length > 0) this.fds.push({ at: this.base + this.tail, fds: fds.map(dupCloexec) });
+    q.bytes.set(from, this.tail);
+    this.tail += from.length;
+    return true;
+  }
+
+  /** Where the next send starts, how much it may take (up to the next fd batch), and the fds riding on it. */
+  next(): { address: bigint; length: number; fds: number[] | undefined } {
+    const q = this.storage();
+    const at = this.base + this.head;
+    let length = this.length;
+    let fds: number[] | undefined;
+    const first = this.fds[0];
+    if (first && first.at === at) {
+      fds = first.fds;
+      const second = this.fds[1];
+      if (second) length = Math.min(length, second.at - at);
+    } else if (first) length = Math.min(length, first.at - at);
+    return { address: q.address + BigInt(this.head), length, fds };
+  }
+
+  consume(n: number, fdsSent: boolean): void {
+    if (fdsSent) for (const fd of this.fds.shift()!.fds) closeFd(fd);
+    this.head += n;
+    if (this.head === this.tail) {
+      this.base += this.head;
+      this.head = this.tail = 0;
+    }
+  }
+
+  free(): void {
+    for (const b of this.fds.splice(0)) for (const fd of b.fds) closeFd(fd);
+    if (this.native) freeNative(this.native.pointer);
+    this.native = undefined;
+  }
+
+  private storage(): { pointer: NativePointer; address: bigint; bytes: Uint8Array } {
+    return (this.native ??= allocNative(this.limit, false));
+  }
+}
+
+function dupCloexec(fd: number): number {
+  return check("fcntl(F_DUPFD_CLOEXEC)", libc.fcntl(fd, 1030 /* F_DUPFD_CLOEXEC */, 0));
 }
 
 /**
@@ -222,6 +308,7 @@ export class SocketChannel {
   private readonly recvNative: { pointer: NativePointer; address: bigint };
   private readonly sendMsg: NativeMsg;
   private readonly recvMsg: NativeMsg;
+  private readonly queue: OutputQueue | undefined;
   private open = true;
 
   constructor(
@@ -229,6 +316,7 @@ export class SocketChannel {
     options: ChannelOptions,
   ) {
     const maxFds = options.maxFds ?? 16;
+    if (options.queueLimit !== undefined) this.queue = new OutputQueue(options.queueLimit);
     const send = allocNative(options.capacity, false);
     const recv = allocNative(options.capacity, false);
     this.sendNative = send;
@@ -265,6 +353,63 @@ export class SocketChannel {
       }
       if (sent === 0 && fds && fds.length > 0) this.sendMsg.setFds(undefined);
       sent += n;
+    }
+  }
+
+  /** Bytes waiting in the output queue (0 for a blocking channel). */
+  get queued(): number {
+    return this.queue?.length ?? 0;
+  }
+
+  /**
+   * Sends sendBuffer[0, length) without ever blocking: what the peer does not
+   * take now is queued (with dups of the fds, if none of it went out) and goes
+   * out with `flush` when the socket is writable. Throws SysError(ENOBUFS) if
+   * the queue would pass its limit: the peer has stopped reading.
+   */
+  sendQueued(length: number, fds?: readonly number[]): void {
+    const queue = this.queue;
+    if (!queue) throw new SysError("sendmsg", EINVAL, "channel has no output queue");
+    let sent = 0;
+    if (queue.length === 0) {
+      this.sendMsg.setFds(fds);
+      sent = this.sendOnce(this.sendNative.address, length);
+      if (sent < 0) sent = 0;
+    }
+    if (sent === length) return;
+    const rest = this.sendBuffer.subarray(sent, length);
+    if (!queue.push(rest, sent === 0 ? fds : undefined))
+      throw new SysError(
+        "sendmsg",
+        ENOBUFS,
+        `peer not reading: ${queue.length + rest.length} bytes would be queued`,
+      );
+  }
+
+  /** Sends what the output queue holds, as far as the peer takes it; true when nothing is left. */
+  flush(): boolean {
+    const queue = this.queue;
+    if (!queue) return true;
+    while (queue.length > 0) {
+      const { address, length, fds } = queue.next();
+      this.sendMsg.setFds(fds);
+      const n = this.sendOnce(address, length);
+      if (n < 0) return false;
+      queue.consume(n, fds !== undefined);
+    }
+    return true;
+  }
+
+  /** One non-blocking sendmsg; -1 when the socket is full. */
+  private sendOnce(address: bigint, length: number): number {
+    this.sendMsg.setBuffer(address, length);
+    for (;;) {
+      const n = libc.sendmsg(this.fd, this.sendMsg.pointer, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) return n;
+      const e = errno();
+      if (e === EINTR) continue;
+      if (e === EAGAIN) return -1;
+      throw new SysError("sendmsg", e);
     }
   }
 
@@ -307,6 +452,7 @@ export class SocketChannel {
   close(): void {
     if (!this.open) return;
     this.open = false;
+    this.queue?.free();
     closeFd(this.fd);
     freeNative(this.sendNative.pointer);
     freeNative(this.recvNative.pointer);

@@ -54,6 +54,12 @@ export interface ConnectionOptions {
   readonly maxMessageSize: number;
   /** Most fds accepted with one message. */
   readonly maxFds: number;
+  /**
+   * Sends never block: replies the peer does not take at once wait in a queue
+   * of at most this many bytes; past it, send throws (the peer stopped reading).
+   * Without it, sends block (the client side).
+   */
+  readonly queueLimit?: number;
 }
 
 const NO_FDS: readonly number[] = [];
@@ -84,7 +90,13 @@ export class Connection {
     readonly options: ConnectionOptions,
   ) {
     this.capacity = options.maxMessageSize * 2;
-    this.channel = new SocketChannel(fd, { capacity: this.capacity, maxFds: Math.max(options.maxFds, 16) });
+    this.channel = new SocketChannel(fd, {
+      capacity: this.capacity,
+      maxFds: Math.max(options.maxFds, 16),
+      ...(options.queueLimit !== undefined
+        ? { queueLimit: Math.max(options.queueLimit, options.maxMessageSize) }
+        : {}),
+    });
     const rb = this.channel.recvBuffer;
     const sb = this.channel.sendBuffer;
     this.recvView = new DataView(rb.buffer, rb.byteOffset, rb.byteLength);
@@ -230,7 +242,18 @@ export class Connection {
     v.setUint32(4, size, true);
     v.setUint32(8, flags, true);
     v.setUint32(12, error, true);
-    this.channel.send(size, fds);
+    if (this.options.queueLimit !== undefined) this.channel.sendQueued(size, fds);
+    else this.channel.send(size, fds);
+  }
+
+  /** Bytes of sent messages still waiting for the peer to take them. */
+  get queued(): number {
+    return this.channel.queued;
+  }
+
+  /** Sends queued bytes as far as the peer takes them; true when none are left. */
+  flush(): boolean {
+    return this.channel.flush();
   }
 
   close(): void {

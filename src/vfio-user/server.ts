@@ -19,8 +19,7 @@ import {
   acceptUnix,
   closeFd,
   listenUnix,
-  setReceiveTimeout,
-  setSendTimeout,
+  POLLOUT,
 } from "../sys/index.js";
 import { Connection, type Message } from "./connection.js";
 import { HEADER_SIZE } from "./constants.js";
@@ -41,8 +40,14 @@ export interface ServerOptions {
   readonly twinSocket?: boolean;
   /** Accept REGION_WRITE_MULTI from clients that offer it. */
   readonly writeMultiple?: boolean;
-  /** How long to wait for a client's reply to DMA_READ/DMA_WRITE, or for it to take ours. */
+  /** How long to wait for a client's reply to DMA_READ/DMA_WRITE. */
   readonly timeoutMs?: number;
+  /**
+   * Sends never block: reply bytes a client has not taken wait in a queue of at
+   * most this size (default twice the largest message); a client whose queue
+   * would pass it has stopped reading and is disconnected.
+   */
+  readonly maxQueuedOutput?: number;
   /** Most clients connected at once; further ones are closed at once. */
   readonly maxConnections?: number;
   /**
@@ -82,12 +87,14 @@ export class Server {
   ) {
     this.log = options.logger ?? defaultLogger();
     const maxDataXferSize = options.maxDataXferSize ?? 1 << 20;
+    // The largest message: a data transfer plus its fixed fields, with room for
+    // small fixed-size messages of every kind.
+    const maxMessageSize = HEADER_SIZE + 64 + Math.max(maxDataXferSize, 64 * 1024);
     this.limits = {
       maxDataXferSize,
       maxMsgFds: options.maxMsgFds ?? 16,
-      // The largest message: a data transfer plus its fixed fields, with room for
-      // small fixed-size messages of every kind.
-      maxMessageSize: HEADER_SIZE + 64 + Math.max(maxDataXferSize, 64 * 1024),
+      maxMessageSize,
+      queueLimit: Math.max(options.maxQueuedOutput ?? 2 * maxMessageSize, maxMessageSize),
       writeMultiple: options.writeMultiple === true,
       twinSocket: options.twinSocket === true,
       timeoutMs: options.timeoutMs ?? 5000,
@@ -226,13 +233,13 @@ export class Server {
 
   private rebuildPollSet(): void {
     this.slots = [...this.endpoints.filter((e) => e.listenFd >= 0), ...this.sessions, ...this.watched];
-    const fds = [
-      this.wake.fd,
-      ...this.slots.map((x) =>
-        x instanceof Endpoint ? x.listenFd : x instanceof Session ? x.conn.fd : x.fd,
-      ),
-    ];
-    this.poller.setAll(fds, POLLIN);
+    this.poller.setAll([this.wake.fd], POLLIN);
+    this.slots.forEach((x, i) => {
+      if (x instanceof Endpoint) this.poller.set(i + 1, x.listenFd, POLLIN);
+      else if (x instanceof Session)
+        this.poller.set(i + 1, x.conn.fd, POLLIN | (x.writeWanted ? POLLOUT : 0));
+      else this.poller.set(i + 1, x.fd, POLLIN);
+    });
     this.pollDirty = false;
   }
 
@@ -250,11 +257,10 @@ export class Server {
   }
 
   private addSession(fd: number, endpoint: Endpoint): void {
-    setSendTimeout(fd, this.limits.timeoutMs);
-    setReceiveTimeout(fd, this.limits.timeoutMs);
     const conn = new Connection(fd, {
       maxMessageSize: this.limits.maxMessageSize,
       maxFds: this.limits.maxMsgFds,
+      queueLimit: this.limits.queueLimit,
     });
     this.sessions.push(new Session(endpoint, conn, new RateLimitedLog(this.log), this.limits));
     endpoint.stats.connectionsAccepted++;
@@ -283,13 +289,25 @@ export class Server {
 
   private serviceSession(s: Session, revents: number): void {
     try {
-      const got = s.conn.fill(false);
-      if (got === "eof") return this.closeSession(s, "end of stream");
-      if (got === "empty" && revents & (POLLHUP | POLLERR)) return this.closeSession(s, "socket hung up");
-      this.pump(s);
+      if (revents & POLLOUT) s.conn.flush();
+      if (revents & (POLLIN | POLLHUP | POLLERR)) {
+        const got = s.conn.fill(false);
+        if (got === "eof") return this.closeSession(s, "end of stream");
+        if (got === "empty" && revents & (POLLHUP | POLLERR)) return this.closeSession(s, "socket hung up");
+        this.pump(s);
+      }
+      this.watchOutput(s);
     } catch (e) {
       this.failSession(s, e);
     }
+  }
+
+  /** Polls a session for writability exactly while it has queued output. */
+  private watchOutput(s: Session): void {
+    const want = s.conn.queued > 0;
+    if (want === s.writeWanted) return;
+    s.writeWanted = want;
+    this.pollDirty = true;
   }
 
   /** Handles every complete message a session has: set aside ones first, then buffered ones. */
@@ -314,6 +332,7 @@ export class Server {
       if (s.deferred.length === 0) continue;
       try {
         this.pump(s);
+        this.watchOutput(s);
       } catch (e) {
         this.failSession(s, e);
       }

@@ -4,6 +4,7 @@
  * without an fd), with the wait for their replies.
  */
 import { RateLimitedLog } from "../base/index.js";
+import { POLLERR, POLLHUP, POLLIN, POLLOUT, pollOne } from "../sys/index.js";
 import type { Capabilities } from "./capabilities.js";
 import { defaultCapabilities } from "./capabilities.js";
 import { Connection, type Message } from "./connection.js";
@@ -22,6 +23,8 @@ export interface SessionLimits {
   readonly twinSocket: boolean;
   /** How long to wait for a client's reply to our DMA request, or for it to take ours. */
   readonly timeoutMs: number;
+  /** Most reply bytes queued for a client that does not read; past it the client is disconnected. */
+  readonly queueLimit: number;
 }
 
 export class Session implements DeviceSession {
@@ -36,6 +39,8 @@ export class Session implements DeviceSession {
   readonly closeAfterReply: number[] = [];
   /** The device was told about this client (attach); it must be told when it goes. */
   attached = false;
+  /** The loop polls this session for POLLOUT (it has queued output). */
+  writeWanted = false;
   /** Scratch for REGION_READ/WRITE decoding (the trap path allocates nothing). */
   readonly access = new RegionAccess();
 
@@ -86,8 +91,12 @@ export class Session implements DeviceSession {
     }
   }
 
-  /** Blocks until the reply to our request `id` arrives, setting other messages aside. */
+  /**
+   * Waits (at most timeoutMs) for the reply to our request `id`, sending our
+   * queued output meanwhile and setting the client's own requests aside.
+   */
   private awaitReply(target: Connection, id: number, command: number): Message {
+    const deadline = Date.now() + this.limits.timeoutMs;
     for (;;) {
       let m: Message | null;
       while ((m = target.next()) !== null) {
@@ -101,7 +110,11 @@ export class Session implements DeviceSession {
           target.release(m);
         }
       }
-      if (target.fill(true) === "eof")
+      const flushed = target.flush();
+      const left = deadline - Date.now();
+      if (left <= 0) throw new VfioUserError(Errno.ETIMEDOUT, `no reply to ${commandName(command)}`);
+      const ready = pollOne(target.fd, POLLIN | (flushed ? 0 : POLLOUT), left);
+      if (ready & (POLLIN | POLLHUP | POLLERR) && target.fill(false) === "eof")
         throw new VfioUserError(Errno.ECONNRESET, "client went away during DMA");
     }
   }

@@ -27,7 +27,7 @@ export function startSampleServer(options: { socketPath?: string } = {}): Promis
 export async function startFixtureServer(
   script: string,
   args: string[] = [],
-  options: { socketPath?: string; socketFlag?: string } = {},
+  options: { socketPath?: string; socketFlag?: string; env?: Record<string, string> } = {},
 ): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-test-"));
   const socketPath = options.socketPath ?? join(dir, "device.sock");
@@ -38,7 +38,7 @@ export async function startFixtureServer(
   const socketArg = options.socketFlag ? `${options.socketFlag}${socketPath}` : socketPath;
   const child = spawn(process.execPath, [resolve(fixtures, script), socketArg, ...args], {
     stdio: ["ignore", "pipe", logFd],
-    env: { ...process.env, MGPU_LOG_LEVEL: process.env.MGPU_LOG_LEVEL ?? "warn" },
+    env: { ...process.env, MGPU_LOG_LEVEL: process.env.MGPU_LOG_LEVEL ?? "warn", ...options.env },
   });
   closeSync(logFd);
   const readLog = () => readFileSync(logPath, "utf8");

@@ -1,5 +1,5 @@
 /** VERSION: the handshake that opens every session. */
-import { setReceiveTimeout, setSendTimeout, socketPair } from "../../sys/index.js";
+import { socketPair } from "../../sys/index.js";
 import {
   type Capabilities,
   defaultCapabilities,
@@ -39,9 +39,11 @@ export function handleVersion(s: Session, m: Message): number {
   });
   if (wantTwin) {
     const [mine, theirs] = socketPair();
-    setSendTimeout(mine, limits.timeoutMs);
-    setReceiveTimeout(mine, limits.timeoutMs);
-    s.twin = new Connection(mine, { maxMessageSize: limits.maxMessageSize, maxFds: 0 });
+    s.twin = new Connection(mine, {
+      maxMessageSize: limits.maxMessageSize,
+      maxFds: 0,
+      queueLimit: limits.queueLimit,
+    });
     s.replyFds.push(theirs);
     s.closeAfterReply.push(theirs);
   }
