@@ -117,7 +117,7 @@ program
       types = daemon({ cmd: "types" }).types as typeof types;
     } catch {
       // No daemon: what an idle parent offers.
-      const m = new Mediator({ mpt: (device) => new VfioUserMpt(device), logger: quietLogger });
+      const m = new Mediator({ mpt: (device, hooks) => new VfioUserMpt(device, hooks), logger: quietLogger });
       types = m.types.map((t) => ({ ...t, availableInstances: m.availableInstances(t.name) }));
       m.gpu.close();
     }

@@ -162,6 +162,12 @@ export class GraphicsMemory {
   private cacheBase = 0;
   private cacheGeneration = -1;
 
+  /** Drops the cached view of a system page (its mapping is about to go). */
+  forgetSystemPages(): void {
+    this.cachePage = -1;
+    this.cacheWords = new Uint32Array(0);
+  }
+
   read32(gma: number): number {
     if (gma >>> 12 === this.cachePage && this.cacheGeneration === this.gtt.generation && (gma & 3) === 0)
       return this.cacheWords[this.cacheBase + ((gma & 0xfff) >>> 2)]!;

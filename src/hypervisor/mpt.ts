@@ -22,5 +22,14 @@ export interface Mpt {
   release?(): void;
 }
 
+/** What a backend may ask of the mediator. */
+export interface MptHooks {
+  /**
+   * Drop every cached view of guest pages: the backend is about to unmap pages
+   * it handed out with mapGuestPage (it calls this only between workloads).
+   */
+  forgetGuestPages(): void;
+}
+
 /** Makes the MPT for one vGPU's PCI function. */
-export type MptFactory = (device: PciDevice) => Mpt;
+export type MptFactory = (device: PciDevice, hooks: MptHooks) => Mpt;

@@ -10,7 +10,7 @@
  * device model maps and unmaps foreign frames around each use.
  */
 import type { PciDevice } from "../pci/index.js";
-import type { Mpt } from "./mpt.js";
+import type { Mpt, MptHooks } from "./mpt.js";
 
 export class VfioUserMpt implements Mpt {
   /** Frames mapped explicitly (no fd): gpa → our copy, until release(). */
@@ -18,7 +18,14 @@ export class VfioUserMpt implements Mpt {
   /** Explicit frame maps and unmaps so far (for tests and stats). */
   maps = 0;
 
-  constructor(private readonly device: PciDevice) {}
+  constructor(
+    private readonly device: PciDevice,
+    hooks?: MptHooks,
+  ) {
+    // Pages of windows the VMM unmapped stay revoked (zeros) until the end of a
+    // workload; then the mediator drops its cached views and they are unmapped.
+    device.dma.beforeReleaseStale = () => hooks?.forgetGuestPages();
+  }
 
   mapGuestPage(gpa: bigint): Uint8Array | undefined {
     const cached = this.explicit.get(gpa);
@@ -48,6 +55,8 @@ export class VfioUserMpt implements Mpt {
       }
     }
     this.explicit.clear();
+    // A workload just ended: no view of a guest page is in use.
+    this.device.dma.releaseStale();
   }
 
   readGuest(gpa: bigint, out: Uint8Array): void {

@@ -55,7 +55,7 @@ export class Daemon {
     mkdirSync(this.socketDir, { recursive: true });
     this.definitions = new DefinitionStore(stateDir);
     this.mediator = new Mediator({
-      mpt: (device) => new VfioUserMpt(device),
+      mpt: (device, hooks) => new VfioUserMpt(device, hooks),
       logger: this.log,
       ...(options.watchdogMs ? { scheduler: { timeBudgetMs: options.watchdogMs } } : {}),
     });

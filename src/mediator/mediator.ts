@@ -89,7 +89,7 @@ export class Mediator {
     }
     const id = this.nextId++;
     const v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger);
-    v.mpt = mpt(v.pci);
+    v.mpt = mpt(v.pci, { forgetGuestPages: () => this.gpu.memory.forgetSystemPages() });
     this.vgpus.set(uuid, v);
     this.byId.set(id, v);
     this.scheduler.add(v);
@@ -101,6 +101,8 @@ export class Mediator {
     if (!v) throw new MediatorError("ENOENT", `no vGPU ${uuid}`);
     this.scheduler.remove(v);
     v.destroy();
+    // Its BAR mappings and whatever the VMM left mapped go now, not at some garbage collection.
+    v.pci.close();
     this.local.free(v.lmBase);
     this.graphics.free(v.gm.base);
     this.vgpus.delete(uuid);

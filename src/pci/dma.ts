@@ -40,10 +40,18 @@ function checkPageSize(pageSize: number): void {
     throw new DmaError(Errno.EINVAL, `page size ${pageSize}`);
 }
 
+/**
+ * A window is mapped in pieces of at most this size: one JS view cannot span
+ * more than 4 GiB, and a VMM may map a guest's whole RAM as one window.
+ */
+export const DMA_CHUNK_SIZE = 1 << 30;
+
 class Window {
   /** One bit per 4 KiB page written while logging is on. */
   dirty: Uint8Array | undefined;
   revoked = false;
+  /** A direct view was handed out: the pages may only go once views are declared gone. */
+  viewed = false;
   /** The fd's file ("dev:ino") and offset, to recognise the same mapping made twice. */
   file: string | undefined;
   fdOffset = 0n;
@@ -51,11 +59,14 @@ class Window {
     readonly address: bigint,
     readonly size: number,
     readonly flags: number,
-    readonly mapping: Mapping | undefined,
-    readonly fd: number | undefined,
+    /** The fd-backed pieces, DMA_CHUNK_SIZE each (the last one shorter); none for message-based windows. */
+    readonly chunks: readonly Mapping[],
   ) {}
   get end(): bigint {
     return this.address + BigInt(this.size);
+  }
+  get direct(): boolean {
+    return this.chunks.length > 0;
   }
 }
 
@@ -80,6 +91,7 @@ export interface DmaOptions {
   readonly session: () => DeviceSession | undefined;
   /** Bus mastering enabled in the command register (DMA is refused otherwise). */
   readonly busMaster: () => boolean;
+  /** Most mappings at once (the client's own limit, DeviceSession.maxDmaMappings, applies too). */
   readonly maxMappings?: number;
 }
 
@@ -88,7 +100,11 @@ export class DmaSpace {
   bytesRead = 0;
   bytesWritten = 0;
   private windows: Window[] = [];
+  /** Unmapped windows whose pages views may still point at: revoked now, unmapped by releaseStale(). */
+  private stale: Window[] = [];
   private logging: { pageSize: number } | undefined;
+  /** Runs before stale pages are unmapped, so holders of views can drop them (see releaseStale). */
+  beforeReleaseStale: (() => void) | undefined;
   private readonly scratch: { window: Window; offset: number } = {
     window: undefined as unknown as Window,
     offset: 0,
@@ -100,42 +116,43 @@ export class DmaSpace {
     return this.windows.length;
   }
 
+  /** Unmapped windows still waiting for releaseStale(). */
+  get staleCount(): number {
+    return this.stale.length;
+  }
+
   map(req: DmaMapRequest, fd: number | undefined): void {
     const size = req.size;
     if (size === 0n || req.address % BigInt(DMA_PAGE_SIZE) !== 0n || size % BigInt(DMA_PAGE_SIZE) !== 0n)
       throw new DmaError(Errno.EINVAL, "DMA_MAP address and size must be non-zero multiples of 4 KiB");
     if (size > BigInt(Number.MAX_SAFE_INTEGER) || req.address + size > 1n << 64n)
       throw new DmaError(Errno.EINVAL, "DMA_MAP range too large");
-    if (this.windows.length >= (this.options.maxMappings ?? 65535))
-      throw new DmaError(Errno.ENOSPC, "too many DMA mappings");
+    const limit = Math.min(
+      this.options.maxMappings ?? 65535,
+      this.options.session()?.maxDmaMappings ?? Infinity,
+    );
+    if (this.windows.length >= limit) throw new DmaError(Errno.ENOSPC, `too many DMA mappings (${limit})`);
     const end = req.address + size;
     const same = this.windows.find((w) => w.address === req.address && BigInt(w.size) === size);
     if (same) return this.remap(same, req, fd);
     if (this.windows.some((w) => req.address < w.end && w.address < end))
       throw new DmaError(Errno.EEXIST, "DMA_MAP overlaps an existing mapping");
-    let mapping: Mapping | undefined;
+    let chunks: Mapping[] = [];
     if (fd !== undefined) {
       if (req.offset % BigInt(DMA_PAGE_SIZE) !== 0n)
         throw new DmaError(Errno.EINVAL, "DMA_MAP fd offset not page aligned");
       // Touching pages past the end of the file would raise SIGBUS.
       if (req.offset + size > BigInt(fdSize(fd)))
         throw new DmaError(Errno.EINVAL, "DMA_MAP extends past the end of its file");
-      try {
-        mapping = Mapping.ofFd(fd, Number(size), {
-          offset: Number(req.offset),
-          readable: (req.flags & DMA_FLAG_READ) !== 0,
-          writable: (req.flags & DMA_FLAG_WRITE) !== 0,
-        });
-      } catch (e) {
-        throw new DmaError(
-          e instanceof SysError ? e.errno : Errno.EINVAL,
-          `cannot mmap DMA region: ${String(e)}`,
-        );
-      }
+      chunks = mapChunks(fd, Number(size), Number(req.offset), req.flags);
     }
-    const w = new Window(req.address, Number(size), req.flags, mapping, fd);
-    w.fdOffset = fd === undefined ? 0n : req.offset;
-    w.file = fd === undefined ? undefined : fileIdentity(fd);
+    const w = new Window(req.address, Number(size), req.flags, chunks);
+    if (fd !== undefined) {
+      w.fdOffset = req.offset;
+      w.file = fileIdentity(fd);
+      // The mapping keeps the file: the daemon holds no fd per window.
+      closeFd(fd);
+    }
     if (this.logging) w.dirty = new Uint8Array(Math.ceil(w.size / DMA_PAGE_SIZE / 8));
     this.windows.push(w);
     this.windows.sort((a, b) => (a.address < b.address ? -1 : 1));
@@ -230,10 +247,30 @@ export class DmaSpace {
   view(address: bigint, length: number, forWrite: boolean): DmaView {
     this.checkBusMaster();
     const { window: w, offset } = this.locate(address, length);
-    if (!w.mapping) throw new DmaError(Errno.EFAULT, "guest memory mapped without an fd has no direct view");
+    if (!w.direct) throw new DmaError(Errno.EFAULT, "guest memory mapped without an fd has no direct view");
     this.checkPermission(w, forWrite);
+    const chunk = w.chunks[Math.floor(offset / DMA_CHUNK_SIZE)]!;
+    const at = offset % DMA_CHUNK_SIZE;
+    if (at + length > chunk.length)
+      throw new DmaError(
+        Errno.EFAULT,
+        `a direct view of ${length} bytes at 0x${address.toString(16)} spans two pieces`,
+      );
     if (forWrite) this.markDirty(w, offset, length);
-    return new DmaView(w, address, w.mapping.bytes.subarray(offset, offset + length));
+    w.viewed = true;
+    return new DmaView(w, address, chunk.bytes.subarray(at, at + length));
+  }
+
+  /**
+   * Unmaps the windows that were unmapped while views of them may have been
+   * held (until now their pages were revoked: zeros, no file behind them). The
+   * caller declares that no view taken before this call is used after it;
+   * `beforeReleaseStale` runs first so cached views can be dropped.
+   */
+  releaseStale(): void {
+    if (this.stale.length === 0) return;
+    this.beforeReleaseStale?.();
+    for (const w of this.stale.splice(0)) for (const c of w.chunks) c.unmap();
   }
 
   // ---- dirty logging (DEVICE_FEATURE DMA_LOGGING_*) -----------------------
@@ -339,16 +376,22 @@ export class DmaSpace {
       const at = address + BigInt(done);
       const { window: w, offset } = this.locate(at, 1);
       this.checkPermission(w, isWrite);
-      const n = Math.min(bytes.length - done, w.size - offset);
-      const chunk = bytes.subarray(done, done + n);
-      if (w.mapping) {
-        if (isWrite) w.mapping.bytes.set(chunk, offset);
-        else chunk.set(w.mapping.bytes.subarray(offset, offset + n));
+      let n: number;
+      if (w.direct) {
+        // Up to the end of this piece of the window.
+        const piece = w.chunks[Math.floor(offset / DMA_CHUNK_SIZE)]!;
+        const inPiece = offset % DMA_CHUNK_SIZE;
+        n = Math.min(bytes.length - done, piece.length - inPiece);
+        const part = bytes.subarray(done, done + n);
+        if (isWrite) piece.bytes.set(part, inPiece);
+        else part.set(piece.bytes.subarray(inPiece, inPiece + n));
       } else {
+        n = Math.min(bytes.length - done, w.size - offset);
+        const part = bytes.subarray(done, done + n);
         const session = this.options.session();
         if (!session) throw new DmaError(Errno.ENOTCONN, "no client to carry DMA messages");
-        if (isWrite) session.dmaWrite(at, chunk);
-        else session.dmaRead(at, chunk);
+        if (isWrite) session.dmaWrite(at, part);
+        else session.dmaRead(at, part);
       }
       if (isWrite) this.markDirty(w, offset, n);
       done += n;
@@ -395,9 +438,41 @@ export class DmaSpace {
       w.dirty[p >> 3]! |= 1 << (p & 7);
   }
 
+  /**
+   * The last use of a window ended (DMA_UNMAP, the client gone): its pages are
+   * unmapped now, unless a direct view of it was handed out — then they are
+   * revoked (a late access reads zeros, never the file) and unmapped by the
+   * next releaseStale().
+   */
   private release(w: Window): void {
     w.revoked = true;
-    w.mapping?.revoke();
-    if (w.fd !== undefined) closeFd(w.fd);
+    if (!w.viewed) {
+      for (const c of w.chunks) c.unmap();
+      return;
+    }
+    for (const c of w.chunks) c.revoke();
+    this.stale.push(w);
   }
+}
+
+/** Maps [offset, offset+size) of fd in DMA_CHUNK_SIZE pieces; all or nothing. */
+function mapChunks(fd: number, size: number, offset: number, flags: number): Mapping[] {
+  const chunks: Mapping[] = [];
+  try {
+    for (let at = 0; at < size; at += DMA_CHUNK_SIZE)
+      chunks.push(
+        Mapping.ofFd(fd, Math.min(DMA_CHUNK_SIZE, size - at), {
+          offset: offset + at,
+          readable: (flags & DMA_FLAG_READ) !== 0,
+          writable: (flags & DMA_FLAG_WRITE) !== 0,
+        }),
+      );
+  } catch (e) {
+    for (const c of chunks) c.unmap();
+    throw new DmaError(
+      e instanceof SysError ? e.errno : Errno.EINVAL,
+      `cannot mmap DMA region: ${String(e)}`,
+    );
+  }
+  return chunks;
 }

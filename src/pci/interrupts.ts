@@ -195,6 +195,14 @@ export class Interrupts {
       }
   }
 
+  /** Eventfds held for the client (for its fd quota). */
+  get heldFds(): number {
+    let n = 0;
+    for (const slots of this.vectors)
+      for (const v of slots) n += (v.trigger ? 1 : 0) + (v.maskEvent ? 1 : 0) + (v.unmaskEvent ? 1 : 0);
+    return n;
+  }
+
   /** The client went away: every eventfd it gave us is closed. */
   release(): void {
     for (const slots of this.vectors)

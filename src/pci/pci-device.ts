@@ -127,6 +127,7 @@ export class PciDevice implements VfioDevice {
   private readonly bars: (Bar | undefined)[] = [];
   private readonly rom: Uint8Array | undefined;
   private readonly powerOnImage: Uint8Array;
+  private closed = false;
 
   constructor(private readonly options: PciDeviceOptions) {
     validateBars(options.bars);
@@ -183,9 +184,25 @@ export class PciDevice implements VfioDevice {
 
   /** The bytes behind a BAR's memory (the device's side of the mmap areas). */
   barMemory(index: number): Uint8Array {
+    if (this.closed) throw new VfioUserError(Errno.ENODEV, "the device was closed");
     const m = this.bars[index]?.mapping;
     if (!m) throw new PciDeclarationError(`BAR${index} has no memory`);
     return m.bytes;
+  }
+
+  /**
+   * The device is gone (its vGPU removed): the client's DMA windows and
+   * eventfds and the BAR mappings are released now; later accesses get ENODEV.
+   * Views from barMemory() must not be used after this.
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.session = undefined;
+    this.dma.unmapAll();
+    this.dma.releaseStale();
+    this.irqs.release();
+    for (const bar of this.bars) bar?.mapping?.unmap();
   }
 
   // ---- VfioDevice ---------------------------------------------------------
@@ -318,6 +335,10 @@ export class PciDevice implements VfioDevice {
     this.migration.write(data);
   }
 
+  heldFdCount(): number {
+    return this.irqs.heldFds;
+  }
+
   attach(session: DeviceSession): void {
     this.session = session;
   }
@@ -340,6 +361,7 @@ export class PciDevice implements VfioDevice {
     at: number,
     isWrite: boolean,
   ): void {
+    if (this.closed) throw new VfioUserError(Errno.ENODEV, "the device was closed");
     const bar = this.bars[region];
     if (!bar || region > PciRegion.BAR5) throw new VfioUserError(Errno.EINVAL, `no BAR${region}`);
     if (count === 0 || offset + count > bar.spec.size)

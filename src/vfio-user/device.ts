@@ -23,6 +23,8 @@ export interface DeviceSession {
   dmaRead(address: bigint, out: Uint8Array): void;
   /** Writes client memory with DMA_WRITE messages. */
   dmaWrite(address: bigint, data: Uint8Array): void;
+  /** Most DMA mappings this client may hold (a DMA_MAP past it gets ENOSPC). */
+  readonly maxDmaMappings: number;
 }
 
 export interface RegionDescription extends RegionInfo {
@@ -65,7 +67,9 @@ export interface VfioDevice {
   migrationRead?(size: number): Uint8Array;
   /** MIG_DATA_WRITE. */
   migrationWrite?(data: Uint8Array): void;
-  /** A client finished VERSION negotiation. */
+  /** Fds the device holds for its client (eventfds, DMA windows), for the server's per-client fd quota. */
+  heldFdCount?(): number;
+  /** A client finished VERSION negotiation (as the device's owner; observers are not attached). */
   attach?(session: DeviceSession): void;
   /** That client went away: drop its DMA mappings and interrupt fds, keep device state. */
   detach?(session: DeviceSession): void;

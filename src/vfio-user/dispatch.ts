@@ -11,6 +11,7 @@ import {
   FLAG_TYPE_COMMAND,
   FLAG_TYPE_MASK,
   FLAG_TYPE_REPLY,
+  PciRegion,
   commandName,
 } from "./constants.js";
 import { Errno, ProtocolError, VfioUserError, invalid } from "./errors.js";
@@ -68,6 +69,15 @@ export function dispatch(s: Session, m: Message): void {
       throw invalid(`${commandName(m.command)} before VERSION`);
     const handler = handlers[m.command];
     if (!handler) throw invalid(`unsupported command ${commandName(m.command)}`);
+    if (s.role === "observer" && !observerMay(m)) {
+      s.endpoint.stats.observerRefusals++;
+      throw new VfioUserError(
+        Errno.EBUSY,
+        `${commandName(m.command)}: the device is in use by another client`,
+      );
+    }
+    if (m.fds.length > 0 && (s.device.heldFdCount?.() ?? 0) + m.fds.length > s.limits.maxClientFds)
+      throw new VfioUserError(Errno.EMFILE, `the device holds ${s.limits.maxClientFds} fds of this client`);
     s.replyFds.length = 0;
     const length = handler(s, m);
     if (!m.noReply) conn.send(m.id, m.command, FLAG_TYPE_REPLY, 0, length, s.replyFds);
@@ -88,6 +98,25 @@ export function dispatch(s: Session, m: Message): void {
     if (!m.noReply) conn.send(m.id, m.command, FLAG_TYPE_REPLY | FLAG_ERROR, errno, 0);
   } finally {
     conn.release(m);
+  }
+}
+
+/**
+ * What a read-only observer (a client that connected while the device had an
+ * owner) may do: learn what the device is and read its config space. Anything
+ * that changes state — resets, DMA_MAP/UNMAP, SET_IRQS, writes, migration —
+ * and BAR reads (a register read may have side effects) get EBUSY.
+ */
+function observerMay(m: Message): boolean {
+  switch (m.command) {
+    case Command.DEVICE_GET_INFO:
+    case Command.DEVICE_GET_REGION_INFO:
+    case Command.DEVICE_GET_IRQ_INFO:
+      return true;
+    case Command.REGION_READ:
+      return m.payloadLength >= 12 && m.view.getUint32(m.payloadOffset + 8, true) === PciRegion.CONFIG;
+    default:
+      return false;
   }
 }
 

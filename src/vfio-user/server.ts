@@ -8,7 +8,7 @@
  * its reply. Run it in a worker thread or its own process; `stop()` or a signal
  * on `wakeFd` from any thread ends it.
  */
-import { rmSync } from "node:fs";
+import { openSync, rmSync } from "node:fs";
 import { type Logger, RateLimitedLog, defaultLogger } from "../base/index.js";
 import {
   EventFd,
@@ -20,13 +20,14 @@ import {
   closeFd,
   listenUnix,
   POLLOUT,
+  SysError,
 } from "../sys/index.js";
 import { Connection, type Message } from "./connection.js";
 import { HEADER_SIZE } from "./constants.js";
 import type { VfioDevice } from "./device.js";
 import { dispatch } from "./dispatch.js";
 import { Endpoint, type ServerStats } from "./endpoint.js";
-import { ProtocolError, UsageError } from "./errors.js";
+import { Errno, ProtocolError, UsageError } from "./errors.js";
 import { Session, type SessionLimits } from "./session.js";
 
 export { Endpoint, ServerStats } from "./endpoint.js";
@@ -48,8 +49,19 @@ export interface ServerOptions {
    * would pass it has stopped reading and is disconnected.
    */
   readonly maxQueuedOutput?: number;
-  /** Most clients connected at once; further ones are closed at once. */
+  /** Most clients connected at once, over all devices; further ones are closed at once (default 256). */
   readonly maxConnections?: number;
+  /**
+   * Most connections to one device (owner, observers and ones negotiating),
+   * so one vGPU's idle connections cannot use up another's (default 8).
+   */
+  readonly maxConnectionsPerDevice?: number;
+  /** A connection that has not finished VERSION after this long is closed (default 5000 ms). */
+  readonly negotiationTimeoutMs?: number;
+  /** Most DMA mappings one client may hold; more get ENOSPC (advertised as max_dma_maps; default 4096). */
+  readonly maxDmaMappings?: number;
+  /** Most fds the device may hold for one client (eventfds, DMA); a message past it gets EMFILE (default 1024). */
+  readonly maxClientFds?: number;
   /**
    * Runs after every poll round on the serving thread (device work that is not
    * a reply: a scheduler, timers). Returning true means more work is waiting,
@@ -79,6 +91,10 @@ export class Server {
   private stopping = false;
   private readonly log: Logger;
   private readonly limits: SessionLimits;
+  private readonly negotiationTimeoutMs: number;
+  /** Held so that, out of fds, a connection can still be accepted in order to refuse it. */
+  private reserveFd = openReserveFd();
+  private readonly refusals: RateLimitedLog;
 
   constructor(
     /** The device served by listen()/listenOn()/adopt(); devices can also come with addDevice(). */
@@ -86,6 +102,7 @@ export class Server {
     private readonly options: ServerOptions = {},
   ) {
     this.log = options.logger ?? defaultLogger();
+    this.refusals = new RateLimitedLog(this.log);
     const maxDataXferSize = options.maxDataXferSize ?? 1 << 20;
     // The largest message: a data transfer plus its fixed fields, with room for
     // small fixed-size messages of every kind.
@@ -98,7 +115,10 @@ export class Server {
       writeMultiple: options.writeMultiple === true,
       twinSocket: options.twinSocket === true,
       timeoutMs: options.timeoutMs ?? 5000,
+      maxDmaMappings: options.maxDmaMappings ?? 4096,
+      maxClientFds: options.maxClientFds ?? 1024,
     };
+    this.negotiationTimeoutMs = options.negotiationTimeoutMs ?? 5000;
     this.primary = device ? new Endpoint(device, -1, undefined) : undefined;
   }
 
@@ -192,7 +212,9 @@ export class Server {
   /** One poll round: waits up to timeoutMs, then handles whatever is ready. */
   runOnce(timeoutMs: number): void {
     if (this.pollDirty) this.rebuildPollSet();
-    if (this.poller.wait(timeoutMs) === 0) return;
+    const ready = this.poller.wait(this.boundByNegotiation(timeoutMs));
+    if (this.negotiating > 0) this.closeSlowNegotiations();
+    if (ready === 0) return;
     const slots = this.slots;
     for (let i = 0; i < slots.length + 1; i++) {
       const revents = this.poller.revents(i);
@@ -222,6 +244,8 @@ export class Server {
     this.endpoints.length = 0;
     this.poller.close();
     this.wake.close();
+    if (this.reserveFd >= 0) closeFd(this.reserveFd);
+    this.reserveFd = -1;
   }
 
   private closeEndpoint(e: Endpoint): void {
@@ -245,15 +269,82 @@ export class Server {
 
   private acceptAll(endpoint: Endpoint): void {
     for (;;) {
-      const fd = acceptUnix(endpoint.listenFd);
+      let fd: number | null;
+      try {
+        fd = acceptUnix(endpoint.listenFd);
+      } catch (e) {
+        if (e instanceof SysError && (e.errno === Errno.EMFILE || e.errno === Errno.ENFILE))
+          return this.refuseForLackOfFds(endpoint, e);
+        throw e;
+      }
       if (fd === null) return;
-      if (this.sessions.length >= (this.options.maxConnections ?? 64)) {
-        this.log.warn({ connections: this.sessions.length }, "too many clients; connection refused");
+      const refusal =
+        this.sessions.length >= (this.options.maxConnections ?? 256)
+          ? "too many clients"
+          : endpoint.connections >= (this.options.maxConnectionsPerDevice ?? 8)
+            ? "too many clients of this device"
+            : undefined;
+      if (refusal) {
+        endpoint.stats.connectionsRefused++;
+        this.refusals.warn(
+          { device: endpoint.path, connections: endpoint.connections },
+          `${refusal}; connection refused`,
+        );
         closeFd(fd);
         continue;
       }
       this.addSession(fd, endpoint);
     }
+  }
+
+  /**
+   * accept4 failed with EMFILE/ENFILE: the connection waits in the backlog and
+   * would wake every poll. Give back the reserve fd, accept it with that and
+   * close it at once (the client sees its connection end), then take the
+   * reserve again: that client is refused, the daemon goes on.
+   */
+  private refuseForLackOfFds(endpoint: Endpoint, e: SysError): void {
+    endpoint.stats.connectionsRefused++;
+    this.refusals.warn(
+      { device: endpoint.path, err: e.message },
+      "out of file descriptors; connection refused",
+    );
+    if (this.reserveFd >= 0) {
+      closeFd(this.reserveFd);
+      this.reserveFd = -1;
+    }
+    try {
+      const fd = acceptUnix(endpoint.listenFd);
+      if (fd !== null) closeFd(fd);
+    } catch {
+      // Still none: the connection stays queued until fds free up.
+    }
+    this.reserveFd = openReserveFd();
+  }
+
+  /** Waits no longer than the first negotiation deadline. */
+  private boundByNegotiation(timeoutMs: number): number {
+    if (this.negotiating === 0) return timeoutMs;
+    let first = Infinity;
+    for (const s of this.sessions) if (!s.negotiated) first = Math.min(first, s.acceptedAt);
+    const left = Math.max(0, Math.ceil(first + this.negotiationTimeoutMs - performance.now()));
+    return timeoutMs < 0 ? left : Math.min(timeoutMs, left);
+  }
+
+  private closeSlowNegotiations(): void {
+    const now = performance.now();
+    for (const s of this.sessions.slice())
+      if (!s.negotiated && now - s.acceptedAt >= this.negotiationTimeoutMs) {
+        s.endpoint.stats.negotiationTimeouts++;
+        this.closeSession(s, `no VERSION within ${this.negotiationTimeoutMs} ms`);
+      }
+  }
+
+  /** Connections that have not finished VERSION yet. */
+  private get negotiating(): number {
+    let n = 0;
+    for (const s of this.sessions) if (!s.negotiated) n++;
+    return n;
   }
 
   private addSession(fd: number, endpoint: Endpoint): void {
@@ -264,6 +355,7 @@ export class Server {
     });
     this.sessions.push(new Session(endpoint, conn, new RateLimitedLog(this.log), this.limits));
     endpoint.stats.connectionsAccepted++;
+    endpoint.connections++;
     this.pollDirty = true;
     this.log.debug({ fd }, "client connected");
   }
@@ -282,6 +374,10 @@ export class Server {
         this.log.error({ err: e }, "device detach failed");
       }
     }
+    const endpoint = s.endpoint;
+    endpoint.connections--;
+    if (endpoint.owner === s) endpoint.owner = undefined;
+    if (s.role === "observer") endpoint.observers--;
     s.twin?.close();
     s.conn.close();
     this.log.info({ reason }, "client disconnected");
@@ -344,5 +440,14 @@ export class Server {
     const reason = e instanceof ProtocolError ? `framing lost: ${e.message}` : `fatal: ${String(e)}`;
     this.log.warn({ err: e instanceof Error ? e.message : String(e) }, "closing connection");
     this.closeSession(s, reason);
+  }
+}
+
+/** An fd kept in reserve (on /dev/null), or -1 if even that cannot be had. */
+function openReserveFd(): number {
+  try {
+    return openSync("/dev/null", "r");
+  } catch {
+    return -1;
   }
 }

@@ -25,6 +25,10 @@ export interface SessionLimits {
   readonly timeoutMs: number;
   /** Most reply bytes queued for a client that does not read; past it the client is disconnected. */
   readonly queueLimit: number;
+  /** Most DMA mappings one client may hold (advertised as max_dma_maps). */
+  readonly maxDmaMappings: number;
+  /** Most fds (DMA windows, eventfds) the device may hold for one client. */
+  readonly maxClientFds: number;
 }
 
 export class Session implements DeviceSession {
@@ -39,6 +43,10 @@ export class Session implements DeviceSession {
   readonly closeAfterReply: number[] = [];
   /** The device was told about this client (attach); it must be told when it goes. */
   attached = false;
+  /** Set by VERSION: the device's VMM, or a read-only observer (another client held it). */
+  role: "owner" | "observer" | undefined;
+  /** When the connection was accepted (performance.now()), for the negotiation timeout. */
+  readonly acceptedAt = performance.now();
   /** The loop polls this session for POLLOUT (it has queued output). */
   writeWanted = false;
   /** Scratch for REGION_READ/WRITE decoding (the trap path allocates nothing). */
@@ -53,6 +61,10 @@ export class Session implements DeviceSession {
 
   get device(): VfioDevice {
     return this.endpoint.device;
+  }
+
+  get maxDmaMappings(): number {
+    return this.limits.maxDmaMappings;
   }
 
   dmaRead(address: bigint, out: Uint8Array): void {

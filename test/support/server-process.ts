@@ -27,7 +27,13 @@ export function startSampleServer(options: { socketPath?: string } = {}): Promis
 export async function startFixtureServer(
   script: string,
   args: string[] = [],
-  options: { socketPath?: string; socketFlag?: string; env?: Record<string, string> } = {},
+  options: {
+    socketPath?: string;
+    socketFlag?: string;
+    env?: Record<string, string>;
+    /** RLIMIT_NOFILE for the server (set by the shell before it execs node). */
+    nofile?: number;
+  } = {},
 ): Promise<ServerProcess> {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-test-"));
   const socketPath = options.socketPath ?? join(dir, "device.sock");
@@ -36,7 +42,12 @@ export async function startFixtureServer(
   const logPath = join(dir, "server.log");
   const logFd = openSync(logPath, "w");
   const socketArg = options.socketFlag ? `${options.socketFlag}${socketPath}` : socketPath;
-  const child = spawn(process.execPath, [resolve(fixtures, script), socketArg, ...args], {
+  const argv = [resolve(fixtures, script), socketArg, ...args];
+  const [command, commandArgs] =
+    options.nofile === undefined
+      ? [process.execPath, argv]
+      : ["bash", ["-c", `ulimit -n ${options.nofile} && exec "$0" "$@"`, process.execPath, ...argv]];
+  const child = spawn(command, commandArgs, {
     stdio: ["ignore", "pipe", logFd],
     env: { ...process.env, MGPU_LOG_LEVEL: process.env.MGPU_LOG_LEVEL ?? "warn", ...options.env },
   });

@@ -1,6 +1,7 @@
 /** DEVICE_GET_INFO, GET_REGION_INFO, GET_REGION_IO_FDS, GET_IRQ_INFO and SET_IRQS: what the device is and how it is wired. */
 import { closeFd } from "../../sys/index.js";
 import type { Message } from "../connection.js";
+import type { RegionDescription } from "../device.js";
 import { REGION_INFO_FLAG_MMAP } from "../constants.js";
 import { Errno, VfioUserError, invalid } from "../errors.js";
 import {
@@ -30,7 +31,18 @@ export function handleDeviceGetInfo(s: Session, m: Message): number {
 export function handleRegionInfo(s: Session, m: Message): number {
   noFds(m);
   const { argsz, index } = decodeRegionInfoRequest(m.reader());
-  const info = s.device.regionInfo(index);
+  const described = s.device.regionInfo(index);
+  // An observer may not map anything: it sees the region as trapped only, and gets no fd.
+  const info: RegionDescription =
+    s.role === "observer"
+      ? {
+          index: described.index,
+          flags: described.flags & ~REGION_INFO_FLAG_MMAP,
+          size: described.size,
+          offset: described.offset,
+          ...(described.type ? { type: described.type } : {}),
+        }
+      : described;
   const w = s.conn.payloadWriter();
   encodeRegionInfo(w, argsz, info);
   // The fd goes with a reply that is complete (caps included), as QEMU expects.

@@ -1,11 +1,6 @@
 /** VERSION: the handshake that opens every session. */
 import { socketPair } from "../../sys/index.js";
-import {
-  type Capabilities,
-  defaultCapabilities,
-  parseCapabilities,
-  serializeCapabilities,
-} from "../capabilities.js";
+import { type Capabilities, parseCapabilities, serializeCapabilities } from "../capabilities.js";
 import { Connection, type Message } from "../connection.js";
 import { VERSION_MAJOR, VERSION_MINOR } from "../constants.js";
 import { Errno, VfioUserError, invalid } from "../errors.js";
@@ -25,7 +20,7 @@ export function handleVersion(s: Session, m: Message): number {
   const ours: Capabilities = {
     maxMsgFds: limits.maxMsgFds,
     maxDataXferSize: limits.maxDataXferSize,
-    maxDmaMaps: defaultCapabilities.maxDmaMaps,
+    maxDmaMaps: limits.maxDmaMappings,
     pgsizes: 4096,
     writeMultiple: peer.writeMultiple && limits.writeMultiple,
     twinSocket: wantTwin ? { supported: true, fdIndex: 0 } : { supported: false },
@@ -49,7 +44,17 @@ export function handleVersion(s: Session, m: Message): number {
   }
   s.peer = peer;
   s.negotiated = true;
-  s.attached = true;
-  s.device.attach?.(s);
+  const endpoint = s.endpoint;
+  if (endpoint.owner === undefined) {
+    // The first to negotiate while nobody holds the device is its VMM.
+    s.role = "owner";
+    endpoint.owner = s;
+    s.attached = true;
+    s.device.attach?.(s);
+  } else {
+    s.role = "observer";
+    endpoint.observers++;
+    s.log.warn({}, "device is owned by another client: this one is a read-only observer");
+  }
   return w.length;
 }
