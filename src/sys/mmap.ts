@@ -45,20 +45,33 @@ const collector = new FinalizationRegistry<MappingRecord>((record) => {
 });
 
 export class Mapping {
-  readonly buffer: ArrayBuffer;
-  readonly bytes: Uint8Array;
   readonly address: bigint;
   private readonly record: MappingRecord;
+  private view: Uint8Array | undefined;
 
   private constructor(
     pointer: NativePointer,
     readonly length: number,
   ) {
-    this.buffer = viewNative(pointer, length);
-    this.bytes = new Uint8Array(this.buffer);
     this.address = addressOf(pointer);
     this.record = { pointer, length, state: "mapped" };
-    collector.register(this.buffer, this.record, this.record);
+  }
+
+  /**
+   * The mapping as an ArrayBuffer, made on first use: an external buffer counts
+   * against the JS heap's external memory and makes the collector run, so a
+   * mapping nobody reads (a DMA window mapped and unmapped) never creates one.
+   */
+  get buffer(): ArrayBuffer {
+    return this.bytes.buffer as ArrayBuffer;
+  }
+
+  get bytes(): Uint8Array {
+    if (this.view) return this.view;
+    if (this.record.state === "unmapped") throw new SysError("mmap", 9 /* EBADF */, "mapping was unmapped");
+    const buffer = viewNative(this.record.pointer, this.length);
+    collector.register(buffer, this.record, this.record);
+    return (this.view = new Uint8Array(buffer));
   }
 
   static ofFd(fd: number, length: number, options: MapOptions = {}): Mapping {
@@ -91,5 +104,6 @@ export class Mapping {
     check("munmap", libc.munmap(this.record.pointer, this.length));
     this.record.state = "unmapped";
     collector.unregister(this.record);
+    this.view = undefined;
   }
 }
