@@ -15,6 +15,8 @@ import {
   DMA_UNMAP_FLAG_ALL,
   DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
   type DeviceSession,
+  type DmaDone,
+  type DmaPiece,
   type DmaLoggingControl,
   type DmaLoggingReport,
   type DmaMapRequest,
@@ -220,6 +222,45 @@ export class DmaSpace {
 
   write(address: bigint, data: Uint8Array): void {
     this.transfer(address, data, true);
+  }
+
+  /**
+   * Reads guest memory without waiting for the client: fd-backed parts are
+   * copied now, the parts the client serves go out as one batch of pipelined
+   * DMA_READs (contiguous ranges in as few messages as the transfer size
+   * allows, not one per page), and `done` runs on the serving loop when all are
+   * in — or with the error (ETIMEDOUT after the reply timeout). `out` must stay
+   * untouched until then. Checks (bus master, mapping, permission) throw now.
+   */
+  readAsync(address: bigint, out: Uint8Array, done: DmaDone): void {
+    this.transferAsync(address, out, false, done);
+  }
+
+  /** The same for writes (dirty pages are marked when the batch is sent). */
+  writeAsync(address: bigint, data: Uint8Array, done: DmaDone): void {
+    this.transferAsync(address, data, true, done);
+  }
+
+  private transferAsync(address: bigint, bytes: Uint8Array, isWrite: boolean, done: DmaDone): void {
+    this.checkBusMaster();
+    const remote: DmaPiece[] = [];
+    let at = 0;
+    while (at < bytes.length) {
+      const { window: w, offset } = this.locate(address + BigInt(at), 1);
+      this.checkPermission(w, isWrite);
+      const n = Math.min(bytes.length - at, w.size - offset);
+      if (w.direct) this.transfer(address + BigInt(at), bytes.subarray(at, at + n), isWrite);
+      else {
+        remote.push({ address: address + BigInt(at), bytes: bytes.subarray(at, at + n) });
+        if (isWrite) this.markDirty(w, offset, n);
+      }
+      at += n;
+    }
+    if (remote.length === 0) return done();
+    const session = this.options.session();
+    if (!session) throw new DmaError(Errno.ENOTCONN, "no client to carry DMA messages");
+    if (isWrite) session.dmaWriteAsync(remote, done);
+    else session.dmaReadAsync(remote, done);
   }
 
   /** Reads a scatter-gather list into one buffer, in order. */

@@ -4,7 +4,9 @@
  * - BAR0 (4 KiB, trapped): a register table, with the MSI-X table and PBA at 0x800/0xc00;
  * - BAR2 (1 MiB, 64-bit prefetchable): memory from a memfd, mmap-able by the VMM;
  * - DMA on a doorbell write: 1 fills guest memory with a pattern, 2 checksums it,
- *   3 copies the start of BAR2 into guest memory; each raises MSI-X vector 0;
+ *   3 copies the start of BAR2 into guest memory, 4 checksums like 2 without
+ *   waiting on the VMM (asynchronous DMA: the loop serves others meanwhile);
+ *   each raises MSI-X vector 0;
  * - migration: its registers and BAR2 travel in the migration stream.
  */
 import { MgpuError } from "../base/index.js";
@@ -85,11 +87,19 @@ export class SampleDevice {
         this.pci.dma.write(address, buffer);
       } else if (command === 2) {
         this.pci.dma.read(address, buffer);
-        let sum = 0;
-        for (let i = 0; i < length; i++) sum = (sum + buffer[i]! * (i + 1)) >>> 0;
-        this.regs.set("CHECKSUM", sum);
+        this.regs.set("CHECKSUM", checksum(buffer));
       } else if (command === 3) {
         this.pci.dma.write(address, this.pci.barMemory(2).subarray(0, length));
+      } else if (command === 4) {
+        // As 2, without waiting on the VMM: the device is busy until the data is in.
+        this.pci.dma.readAsync(address, buffer, (error) => {
+          if (error) this.regs.set("ERROR", error.errno);
+          else this.regs.set("CHECKSUM", checksum(buffer));
+          this.regs.set("STATUS", this.regs.get("STATUS") | STATUS_DONE);
+          this.pci.irqs.notify(0);
+        });
+        this.regs.set("ERROR", 0);
+        return;
       }
       this.regs.set("ERROR", 0);
     } catch (e) {
@@ -118,4 +128,11 @@ export class SampleDevice {
   close(): void {
     closeFd(this.memfd);
   }
+}
+
+/** The sample's checksum: sum of byte * (index + 1), modulo 2^32. */
+export function checksum(bytes: Uint8Array): number {
+  let sum = 0;
+  for (let i = 0; i < bytes.length; i++) sum = (sum + bytes[i]! * (i + 1)) >>> 0;
+  return sum;
 }

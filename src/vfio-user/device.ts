@@ -5,6 +5,7 @@
  * interface; so can any other device.
  */
 import type { Capabilities } from "./capabilities.js";
+import type { VfioUserError } from "./errors.js";
 import type {
   DeviceInfo,
   DmaMapRequest,
@@ -15,6 +16,15 @@ import type {
   SetIrqsRequest,
 } from "./messages.js";
 
+/** One contiguous piece of a scatter-gather DMA: client address and our bytes. */
+export interface DmaPiece {
+  readonly address: bigint;
+  readonly bytes: Uint8Array;
+}
+
+/** Called once when an asynchronous DMA completes: no error, or why it failed (ETIMEDOUT, the client's errno). */
+export type DmaDone = (error?: VfioUserError) => void;
+
 /** What the device may do toward the client that is connected to it. */
 export interface DeviceSession {
   /** What the client told us it accepts. */
@@ -23,6 +33,15 @@ export interface DeviceSession {
   dmaRead(address: bigint, out: Uint8Array): void;
   /** Writes client memory with DMA_WRITE messages. */
   dmaWrite(address: bigint, data: Uint8Array): void;
+  /**
+   * Reads client memory without waiting: every piece's DMA_READ goes out at
+   * once (pipelined, at most max_data_xfer_size each) and the loop goes on
+   * serving everyone; `done` runs on the loop when the last reply is in, on the
+   * first failure, or after the reply timeout. The bytes must stay valid until then.
+   */
+  dmaReadAsync(pieces: readonly DmaPiece[], done: DmaDone): void;
+  /** The same for DMA_WRITE. */
+  dmaWriteAsync(pieces: readonly DmaPiece[], done: DmaDone): void;
   /** Most DMA mappings this client may hold (a DMA_MAP past it gets ENOSPC). */
   readonly maxDmaMappings: number;
 }

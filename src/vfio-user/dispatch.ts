@@ -56,6 +56,8 @@ handlers[Command.MIG_DATA_WRITE] = handleMigDataWrite;
 export function dispatch(s: Session, m: Message): void {
   const conn = s.conn;
   try {
+    // A reply to one of our asynchronous DMA requests.
+    if ((m.flags & FLAG_TYPE_MASK) === FLAG_TYPE_REPLY && s.completeReply(m)) return;
     // A reply to nothing we are waiting for, or an unknown type: EINVAL, as libvfio-user.
     if ((m.flags & FLAG_TYPE_MASK) !== FLAG_TYPE_COMMAND)
       throw invalid(

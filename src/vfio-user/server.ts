@@ -78,6 +78,11 @@ interface Watched {
   readonly onReadable: () => void;
 }
 
+/** A session's twin socket in the poll set (replies to our requests arrive there). */
+class TwinSlot {
+  constructor(readonly session: Session) {}
+}
+
 export class Server {
   private readonly wake = new EventFd(undefined, { nonBlocking: true });
   private readonly poller = new Poller(8);
@@ -85,7 +90,7 @@ export class Server {
   private readonly endpoints: Endpoint[] = [];
   private readonly primary: Endpoint | undefined;
   /** What each poll slot after the wake fd stands for. */
-  private slots: (Endpoint | Session | Watched)[] = [];
+  private slots: (Endpoint | Session | TwinSlot | Watched)[] = [];
   private readonly watched: Watched[] = [];
   private pollDirty = true;
   private stopping = false;
@@ -212,8 +217,9 @@ export class Server {
   /** One poll round: waits up to timeoutMs, then handles whatever is ready. */
   runOnce(timeoutMs: number): void {
     if (this.pollDirty) this.rebuildPollSet();
-    const ready = this.poller.wait(this.boundByNegotiation(timeoutMs));
+    const ready = this.poller.wait(this.boundByDeadlines(this.boundByNegotiation(timeoutMs)));
     if (this.negotiating > 0) this.closeSlowNegotiations();
+    this.expireDma();
     if (ready === 0) return;
     const slots = this.slots;
     for (let i = 0; i < slots.length + 1; i++) {
@@ -227,6 +233,8 @@ export class Server {
       if (slot instanceof Endpoint) this.acceptAll(slot);
       else if (slot instanceof Session) {
         if (this.sessions.includes(slot)) this.serviceSession(slot, revents);
+      } else if (slot instanceof TwinSlot) {
+        if (this.sessions.includes(slot.session)) this.serviceTwin(slot, revents);
       } else if (this.watched.includes(slot)) slot.onReadable();
     }
   }
@@ -256,13 +264,21 @@ export class Server {
   }
 
   private rebuildPollSet(): void {
-    this.slots = [...this.endpoints.filter((e) => e.listenFd >= 0), ...this.sessions, ...this.watched];
+    this.slots = [
+      ...this.endpoints.filter((e) => e.listenFd >= 0),
+      ...this.sessions,
+      ...this.sessions.filter((s) => s.twin).map((s) => new TwinSlot(s)),
+      ...this.watched,
+    ];
     this.poller.setAll([this.wake.fd], POLLIN);
     this.slots.forEach((x, i) => {
       if (x instanceof Endpoint) this.poller.set(i + 1, x.listenFd, POLLIN);
       else if (x instanceof Session)
         this.poller.set(i + 1, x.conn.fd, POLLIN | (x.writeWanted ? POLLOUT : 0));
-      else this.poller.set(i + 1, x.fd, POLLIN);
+      else if (x instanceof TwinSlot) {
+        x.session.twinPolled = true;
+        this.poller.set(i + 1, x.session.twin!.fd, POLLIN | (x.session.twinWriteWanted ? POLLOUT : 0));
+      } else this.poller.set(i + 1, x.fd, POLLIN);
     });
     this.pollDirty = false;
   }
@@ -322,6 +338,46 @@ export class Server {
     this.reserveFd = openReserveFd();
   }
 
+  /** Fails overdue asynchronous DMA requests (that session's device hears ETIMEDOUT). */
+  private expireDma(): void {
+    const now = performance.now();
+    for (const s of this.sessions)
+      if (s.pending.size > 0) {
+        s.expirePending(now);
+        this.watchOutput(s);
+      }
+  }
+
+  /** Waits no longer than the first asynchronous DMA deadline. */
+  private boundByDeadlines(timeoutMs: number): number {
+    let first = Infinity;
+    for (const s of this.sessions)
+      if (s.pending.size > 0) for (const p of s.pending.values()) first = Math.min(first, p.deadline);
+    if (first === Infinity) return timeoutMs;
+    const left = Math.max(0, Math.ceil(first - performance.now()));
+    return timeoutMs < 0 ? left : Math.min(timeoutMs, left);
+  }
+
+  /** Replies on a twin socket: our asynchronous DMA requests go there in twin mode. */
+  private serviceTwin(slot: TwinSlot, revents: number): void {
+    const s = slot.session;
+    const twin = s.twin!;
+    try {
+      if (revents & POLLOUT) twin.flush();
+      if (!(revents & (POLLIN | POLLHUP | POLLERR))) return this.watchOutput(s);
+      if (twin.fill(false) === "eof") return this.closeSession(s, "twin socket closed");
+      let m: Message | null;
+      while ((m = twin.next()) !== null) {
+        if (!(m.isReply && s.completeReply(m)))
+          s.log.warn({ id: m.id, command: m.command }, "unexpected message on the twin socket; dropped");
+        twin.release(m);
+      }
+      this.watchOutput(s);
+    } catch (e) {
+      this.failSession(s, e);
+    }
+  }
+
   /** Waits no longer than the first negotiation deadline. */
   private boundByNegotiation(timeoutMs: number): number {
     if (this.negotiating === 0) return timeoutMs;
@@ -366,6 +422,7 @@ export class Server {
     this.pollDirty = true;
     for (const m of s.deferred) for (const fd of m.fds) closeFd(fd);
     s.deferred.length = 0;
+    s.failPending();
     if (s.attached) {
       s.attached = false;
       try {
@@ -401,8 +458,11 @@ export class Server {
   /** Polls a session for writability exactly while it has queued output. */
   private watchOutput(s: Session): void {
     const want = s.conn.queued > 0;
-    if (want === s.writeWanted) return;
+    const twinWant = (s.twin?.queued ?? 0) > 0;
+    if (s.twin && !s.twinPolled) this.pollDirty = true; // negotiated twin mode: poll the twin too
+    if (want === s.writeWanted && twinWant === s.twinWriteWanted) return;
     s.writeWanted = want;
+    s.twinWriteWanted = twinWant;
     this.pollDirty = true;
   }
 

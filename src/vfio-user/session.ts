@@ -9,7 +9,7 @@ import type { Capabilities } from "./capabilities.js";
 import { defaultCapabilities } from "./capabilities.js";
 import { Connection, type Message } from "./connection.js";
 import { Command, FLAG_TYPE_COMMAND, HEADER_SIZE, commandName } from "./constants.js";
-import type { DeviceSession, VfioDevice } from "./device.js";
+import type { DeviceSession, DmaDone, DmaPiece, VfioDevice } from "./device.js";
 import type { Endpoint } from "./endpoint.js";
 import { Errno, VfioUserError } from "./errors.js";
 import { RegionAccess, decodeDmaReadReply, encodeDmaAccess } from "./messages.js";
@@ -31,6 +31,38 @@ export interface SessionLimits {
   readonly maxClientFds: number;
 }
 
+/** One asynchronous DMA batch: how many replies it waits for, and who to tell. */
+class DmaBatch {
+  finished = false;
+  constructor(
+    public remaining: number,
+    private readonly done: DmaDone,
+    private readonly log: RateLimitedLog,
+  ) {}
+  complete(error?: VfioUserError): void {
+    if (this.finished) return;
+    if (error === undefined && --this.remaining > 0) return;
+    this.finished = true;
+    try {
+      this.done(error);
+    } catch (e) {
+      // The device's completion failed: its problem, not the client's.
+      this.log.warn({ err: e instanceof Error ? e.message : String(e) }, "DMA completion failed");
+    }
+  }
+}
+
+/** A request of ours on the wire, waiting for its reply. */
+interface PendingDma {
+  readonly command: number;
+  readonly target: Connection;
+  /** DMA_READ: where the data goes. */
+  readonly into: Uint8Array | undefined;
+  readonly count: number;
+  readonly deadline: number;
+  readonly batch: DmaBatch;
+}
+
 export class Session implements DeviceSession {
   negotiated = false;
   peer: Capabilities = defaultCapabilities;
@@ -49,6 +81,10 @@ export class Session implements DeviceSession {
   readonly acceptedAt = performance.now();
   /** The loop polls this session for POLLOUT (it has queued output). */
   writeWanted = false;
+  /** The same for the twin socket. */
+  twinWriteWanted = false;
+  /** The twin socket is in the loop's poll set. */
+  twinPolled = false;
   /** Scratch for REGION_READ/WRITE decoding (the trap path allocates nothing). */
   readonly access = new RegionAccess();
 
@@ -73,6 +109,87 @@ export class Session implements DeviceSession {
 
   dmaWrite(address: bigint, data: Uint8Array): void {
     this.dmaTransfer(Command.DMA_WRITE, address, data);
+  }
+
+  /** Asynchronous DMA requests on the wire, by message id. */
+  readonly pending = new Map<number, PendingDma>();
+
+  dmaReadAsync(pieces: readonly DmaPiece[], done: DmaDone): void {
+    this.dmaStart(Command.DMA_READ, pieces, done);
+  }
+
+  dmaWriteAsync(pieces: readonly DmaPiece[], done: DmaDone): void {
+    this.dmaStart(Command.DMA_WRITE, pieces, done);
+  }
+
+  /** Sends every request of a batch now (never blocking: the output queue takes what the socket does not). */
+  private dmaStart(command: number, pieces: readonly DmaPiece[], done: DmaDone): void {
+    const target = this.twin ?? this.conn;
+    const chunkMax = Math.min(this.peer.maxDataXferSize, target.options.maxMessageSize - HEADER_SIZE - 32);
+    const isWrite = command === Command.DMA_WRITE;
+    let messages = 0;
+    for (const p of pieces) messages += Math.ceil(p.bytes.length / chunkMax);
+    const batch = new DmaBatch(messages, done, this.log);
+    if (messages === 0) return batch.complete();
+    if (this.pending.size + messages > 0xff00)
+      return batch.complete(new VfioUserError(Errno.EAGAIN, "too many DMA requests outstanding"));
+    const deadline = performance.now() + this.limits.timeoutMs;
+    for (const p of pieces)
+      for (let done = 0; done < p.bytes.length;) {
+        const count = Math.min(chunkMax, p.bytes.length - done);
+        const part = p.bytes.subarray(done, done + count);
+        const w = target.payloadWriter();
+        encodeDmaAccess(w, p.address + BigInt(done), count, isWrite ? part : undefined);
+        let id = target.allocateId();
+        while (this.pending.has(id)) id = target.allocateId();
+        target.send(id, command, FLAG_TYPE_COMMAND, 0, w.length);
+        this.pending.set(id, { command, target, into: isWrite ? undefined : part, count, deadline, batch });
+        done += count;
+      }
+  }
+
+  /** A reply to one of our asynchronous requests: completes it and returns true; false if it is none of ours. */
+  completeReply(m: Message): boolean {
+    const p = this.pending.get(m.id);
+    if (!p || p.command !== m.command) return false;
+    this.pending.delete(m.id);
+    if (p.batch.finished) return true; // its batch already failed
+    if (m.isError)
+      p.batch.complete(new VfioUserError(m.error || Errno.EIO, `client refused ${commandName(m.command)}`));
+    else
+      try {
+        if (p.into) p.into.set(decodeDmaReadReply(m.reader(), p.count));
+        p.batch.complete();
+      } catch (e) {
+        p.batch.complete(e instanceof VfioUserError ? e : new VfioUserError(Errno.EIO, String(e)));
+      }
+    return true;
+  }
+
+  /** Fails requests whose reply is overdue; returns the earliest deadline left (Infinity if none). */
+  expirePending(now: number): number {
+    let next = Infinity;
+    for (const [id, p] of this.pending) {
+      if (p.deadline > now) {
+        next = Math.min(next, p.deadline);
+        continue;
+      }
+      this.pending.delete(id);
+      p.batch.complete(
+        new VfioUserError(
+          Errno.ETIMEDOUT,
+          `no reply to ${commandName(p.command)} within ${this.limits.timeoutMs} ms`,
+        ),
+      );
+    }
+    return next;
+  }
+
+  /** The session ends: every outstanding request fails. */
+  failPending(): void {
+    const error = new VfioUserError(Errno.ECONNRESET, "the client went away during DMA");
+    for (const p of this.pending.values()) p.batch.complete(error);
+    this.pending.clear();
   }
 
   /** Sends DMA requests of at most the client's transfer size, each answered before the next. */
@@ -113,6 +230,10 @@ export class Session implements DeviceSession {
       let m: Message | null;
       while ((m = target.next()) !== null) {
         if (m.isReply && m.id === id && m.command === command) return m;
+        if (m.isReply && this.completeReply(m)) {
+          target.release(m);
+          continue;
+        }
         if (target === this.conn && !m.isReply) this.deferred.push(target.detach(m));
         else {
           this.log.warn(

@@ -26,6 +26,9 @@ export class RawPeer {
   readonly ch: SocketChannel;
   private buf = Buffer.alloc(0);
   closedByServer = false;
+  /** Keep the server's requests in `requests` instead of refusing them (a VMM that sits on them). */
+  holdRequests = false;
+  readonly requests: RawReply[] = [];
 
   constructor(path: string) {
     this.ch = new SocketChannel(connectUnix(path), { capacity: 4 << 20 });
@@ -52,8 +55,9 @@ export class RawPeer {
         };
         this.buf = this.buf.subarray(size);
         if ((m.flags & FLAG_TYPE_MASK) !== FLAG_TYPE_REPLY) {
-          // A server request (DMA): refuse it so the server is not left waiting.
-          this.send(header(m.id, m.command, FLAG_TYPE_REPLY | FLAG_ERROR, 14, 0));
+          // A server request (DMA): refuse it so the server is not left waiting, or keep it.
+          if (this.holdRequests) this.requests.push(m);
+          else this.send(header(m.id, m.command, FLAG_TYPE_REPLY | FLAG_ERROR, 14, 0));
           continue;
         }
         got.push(m);
