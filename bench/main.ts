@@ -15,6 +15,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   scale: async () => (await import("./scale.js")).run,
   guest: async () => (await import("./guest.js")).run,
   dashboard: async () => (await import("./dashboard.js")).run,
+  "protocol-isolation": async () => (await import("./protocol-isolation.js")).run,
 };
 
 async function main(): Promise<void> {

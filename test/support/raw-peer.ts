@@ -39,7 +39,7 @@ export class RawPeer {
   }
 
   /** Reads whole messages until the one with `id` arrives (or the server closes); returns the replies read. */
-  readUntil(id: number): RawReply[] {
+  readUntil(id: number, options: { orRequest?: boolean } = {}): RawReply[] {
     const got: RawReply[] = [];
     for (;;) {
       while (this.buf.length >= HEADER_SIZE) {
@@ -58,6 +58,7 @@ export class RawPeer {
           // A server request (DMA): refuse it so the server is not left waiting, or keep it.
           if (this.holdRequests) this.requests.push(m);
           else this.send(header(m.id, m.command, FLAG_TYPE_REPLY | FLAG_ERROR, 14, 0));
+          if (options.orRequest && this.holdRequests) return got;
           continue;
         }
         got.push(m);
