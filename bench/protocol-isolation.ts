@@ -8,23 +8,21 @@
  * 10,000 DMA_MAP/UNMAP cycles of 4 GiB windows. Targets from the issue: ≤ 10 ms,
  * back to baseline.
  */
-import { readFileSync } from "node:fs";
-import { closeFd, createMemfd } from "../src/sys/index.js";
-import { Client, Command, FLAG_TYPE_REPLY, PciRegion } from "../src/vfio-user/index.js";
-import { Reg } from "../src/samples/sample-device.js";
+import { Client, Command, PciRegion } from "../src/vfio-user/index.js";
 import { quietLogger } from "../src/base/index.js";
-import { RawPeer, header, le, message } from "../test/support/raw-peer.js";
+import { RawPeer, le, message } from "../test/support/raw-peer.js";
+import {
+  answerHeldDma,
+  clientThatStopsReading,
+  mapUnmapCycles,
+  statusKiB,
+  vmmSittingOnDma,
+} from "../test/support/vmm-scenarios.js";
 import { startFixtureServer } from "../test/support/server-process.js";
 import type { BenchReport } from "./report.js";
 
 const SIT_MS = 3000;
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-
-function statusKiB(pid: number, field: string): number {
-  return Number(
-    new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1],
-  );
-}
 
 /** Worst latency (ms) of the victim's reads over `forMs`, calling `meanwhile` between reads. */
 function victimWorst(victim: Client, forMs: number): number {
@@ -39,42 +37,6 @@ function victimWorst(victim: Client, forMs: number): number {
   return worst;
 }
 
-/** Device A's VMM, guest memory without an fd, rings the doorbell `op` for an 8-page DMA and sits on the request. */
-function sitOnDma(path: string, op: number): RawPeer {
-  const vmm = new RawPeer(path);
-  vmm.handshake();
-  vmm.holdRequests = true;
-  vmm.request(2, Command.DMA_MAP, le([32, 32], [32, 3], [64, 0], [64, 0x100000], [64, 0x8000]));
-  vmm.request(
-    3,
-    Command.REGION_WRITE,
-    Buffer.concat([le([64, 4], [32, PciRegion.CONFIG], [32, 2]), le([16, 6])]),
-  );
-  const reg = (id: number, offset: number, value: number) =>
-    vmm.send(
-      message(
-        id,
-        Command.REGION_WRITE,
-        0,
-        Buffer.concat([le([64, offset], [32, PciRegion.BAR0], [32, 4]), le([32, value])]),
-      ),
-    );
-  reg(4, Reg.DMA_LO, 0x100000);
-  reg(5, Reg.DMA_HI, 0);
-  reg(6, Reg.DMA_LEN, 0x8000);
-  reg(7, Reg.DOORBELL, op);
-  return vmm;
-}
-
-function answerDma(vmm: RawPeer): void {
-  while (vmm.requests.length === 0 && !vmm.closedByServer) vmm.readUntil(-1, { orRequest: true });
-  for (const req of vmm.requests.splice(0)) {
-    const count = Number(req.payload.readBigUInt64LE(8));
-    const body = Buffer.concat([req.payload.subarray(0, 16), Buffer.alloc(count)]);
-    vmm.send(Buffer.concat([header(req.id, req.command, FLAG_TYPE_REPLY, 0, body.length), body]));
-  }
-}
-
 export async function run(): Promise<BenchReport> {
   const server = await startFixtureServer("serve-two.js", [], {
     env: { MGPU_SERVER_OPTIONS: JSON.stringify({ timeoutMs: SIT_MS + 2000 }) },
@@ -84,57 +46,40 @@ export async function run(): Promise<BenchReport> {
     const victim = Client.connect(`${path}-b`, { logger: quietLogger });
     const idle = victimWorst(victim, 500);
 
-    const asyncVmm = sitOnDma(path, 4);
+    const asyncVmm = vmmSittingOnDma(path, 4);
     const duringAsync = victimWorst(victim, SIT_MS);
-    answerDma(asyncVmm);
+    answerHeldDma(asyncVmm);
     asyncVmm.close();
 
     // Synchronous DMA: the loop waits inside the doorbell write, and a victim's read
     // sent meanwhile waits with it (sent raw: this thread must answer the DMA itself).
     const pending = new RawPeer(`${path}-b`);
     pending.handshake();
-    const syncVmm = sitOnDma(path, 2);
+    const syncVmm = vmmSittingOnDma(path, 2);
     sleep(50);
     const t0 = performance.now();
     const out = new Uint8Array(4);
     pending.send(message(50, Command.REGION_READ, 0, le([64, 0], [32, PciRegion.CONFIG], [32, 4])));
     sleep(SIT_MS);
-    answerDma(syncVmm);
+    answerHeldDma(syncVmm);
     pending.readUntil(50);
     const duringSync = performance.now() - t0;
     pending.close();
     syncVmm.close();
     victim.regionRead(PciRegion.CONFIG, 0, out);
 
-    const hog = new RawPeer(path);
-    hog.handshake();
-    hog.request(
-      2,
-      Command.REGION_WRITE,
-      Buffer.concat([le([64, 4], [32, PciRegion.CONFIG], [32, 2]), le([16, 2])]),
-    );
-    for (let i = 0; i < 8; i++)
-      hog.send(message(10 + i, Command.REGION_READ, 0, le([64, 0], [32, PciRegion.BAR2], [32, 1 << 20])));
+    const hog = clientThatStopsReading(path);
     const duringHog = victimWorst(victim, 1000);
     hog.close();
 
     const c = Client.connect(path, { logger: quietLogger });
-    const memfd = createMemfd("bench-cycles", 4 * 2 ** 30);
-    const req = { flags: 3, offset: 0n, address: 0x2_0000_0000n, size: 4n << 30n };
-    c.dmaMap(req, memfd);
-    c.dmaUnmap(req.address, req.size);
+    mapUnmapCycles(c, 1);
     const pid = server.child.pid!;
     const vm0 = statusKiB(pid, "VmSize");
     const fd0 = server.fdCount();
-    const c0 = performance.now();
-    for (let i = 0; i < 10_000; i++) {
-      c.dmaMap(req, memfd);
-      c.dmaUnmap(req.address, req.size);
-    }
-    const cycleMs = performance.now() - c0;
+    const cycleMs = mapUnmapCycles(c, 10_000);
     const vm1 = statusKiB(pid, "VmSize");
     const fd1 = server.fdCount();
-    closeFd(memfd);
     c.close();
     victim.close();
     return {

@@ -8,7 +8,8 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { Client, Command, FLAG_TYPE_REPLY, PciRegion } from "../../src/vfio-user/index.js";
 import { Reg, SAMPLE, checksum } from "../../src/samples/sample-device.js";
-import { RawPeer, header, le } from "../support/raw-peer.js";
+import { RawPeer, le } from "../support/raw-peer.js";
+import { DMA_WINDOW, answerHeldDma, vmmSittingOnDma } from "../support/vmm-scenarios.js";
 import { type ServerProcess, startFixtureServer } from "../support/server-process.js";
 
 const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
@@ -27,29 +28,7 @@ after(async () => {
 
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
-/** A VMM whose guest memory has no fd: the device reaches it only by DMA messages. */
-function slowVmm(): RawPeer {
-  const vmm = new RawPeer(server.socketPath);
-  vmm.handshake();
-  vmm.holdRequests = true;
-  vmm.request(2, Command.DMA_MAP, le([32, 32], [32, 3], [64, 0], [64, 0x100000], [64, 0x8000]));
-  vmm.request(
-    3,
-    Command.REGION_WRITE,
-    Buffer.concat([le([64, 4], [32, PciRegion.CONFIG], [32, 2]), le([16, 6])]),
-  );
-  const reg = (id: number, offset: number, value: number) =>
-    vmm.request(
-      id,
-      Command.REGION_WRITE,
-      Buffer.concat([le([64, offset], [32, PciRegion.BAR0], [32, 4]), le([32, value])]),
-    );
-  reg(4, Reg.DMA_LO, 0x100000);
-  reg(5, Reg.DMA_HI, 0);
-  reg(6, Reg.DMA_LEN, 0x8000); // 8 pages
-  reg(7, Reg.DOORBELL, 4); // checksum by asynchronous DMA
-  return vmm;
-}
+const slowVmm = () => vmmSittingOnDma(server.socketPath, 4);
 
 function readReg(vmm: RawPeer, id: number, offset: number): number {
   return vmm
@@ -75,6 +54,7 @@ test("a VMM that sits on a DMA_READ for a second parks only its device; 8 pages 
   const vmm = slowVmm();
   // The VMM itself is served while its DMA is outstanding.
   assert.equal(readReg(vmm, 8, Reg.STATUS) & 1, 0, "the device is still busy");
+  while (vmm.requests.length === 0) vmm.readUntil(-1, { orRequest: true });
   assert.equal(vmm.requests.length, 1, `the batch went out as ${vmm.requests.length} messages`);
   const req = vmm.requests[0]!;
   assert.equal(req.command, Command.DMA_READ);
@@ -84,10 +64,9 @@ test("a VMM that sits on a DMA_READ for a second parks only its device; 8 pages 
   t.diagnostic(`bystander worst read while another VMM sat on a DMA_READ: ${worst.toFixed(2)} ms`);
   assert.ok(worst < 1000, `bystander waited ${worst.toFixed(1)} ms`);
   // The VMM answers at last: the device completes.
-  const data = Buffer.alloc(0x8000);
-  for (let i = 0; i < data.length; i++) data[i] = (i * 13) & 0xff;
-  const body = Buffer.concat([le([64, 0x100000], [64, 0x8000]), data]);
-  vmm.send(Buffer.concat([header(req.id, Command.DMA_READ, FLAG_TYPE_REPLY, 0, body.length), body]));
+  const fill = (i: number) => (i * 13) & 0xff;
+  answerHeldDma(vmm, fill);
+  const data = Uint8Array.from({ length: DMA_WINDOW.size }, (_, i) => fill(i));
   assert.equal(readReg(vmm, 9, Reg.STATUS) & 1, 1, "the device finished");
   assert.equal(readReg(vmm, 10, Reg.ERROR), 0);
   assert.equal(readReg(vmm, 11, Reg.CHECKSUM), checksum(data));

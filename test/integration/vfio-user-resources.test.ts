@@ -21,6 +21,7 @@ import { Mediator } from "../../src/mediator/index.js";
 import { VfioUserMpt } from "../../src/hypervisor/vfio-user.js";
 import { quietLogger } from "../../src/base/index.js";
 import { type ServerProcess, startSampleServer } from "../support/server-process.js";
+import { mapUnmapCycles, statusKiB } from "../support/vmm-scenarios.js";
 
 const quiet = { logger: { error() {}, warn() {}, info() {}, debug() {} } };
 const GiB = 1 << 30;
@@ -32,13 +33,6 @@ before(async () => {
 after(async () => {
   await server.stop();
 });
-
-/** A field of /proc/<pid>/status in KiB (VmSize, VmRSS). */
-function statusKiB(pid: number, field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  assert.ok(m, `no ${field}`);
-  return Number(m[1]);
-}
 
 function u32(v: number): Uint8Array {
   const b = new Uint8Array(4);
@@ -158,24 +152,15 @@ test("a 5 GiB DMA window (sparse memfd) maps, the device writes past 4 GiB, and 
 
 test("10,000 DMA_MAP/DMA_UNMAP cycles of 4 GiB windows leave VmSize and the fd count at their baseline", (t) => {
   const c = Client.connect(server.socketPath, quiet);
-  const memfd = createMemfd("cycled", 4 * GiB);
-  const req = { flags: 3, offset: 0n, address: 0x2_0000_0000n, size: BigInt(4 * GiB) };
-  c.dmaMap(req, memfd);
-  c.dmaUnmap(req.address, req.size);
+  mapUnmapCycles(c, 1);
   const vm0 = statusKiB(pid(), "VmSize");
   const fds0 = server.fdCount();
-  const t0 = performance.now();
-  for (let i = 0; i < 10_000; i++) {
-    c.dmaMap(req, memfd);
-    c.dmaUnmap(req.address, req.size);
-  }
-  const ms = performance.now() - t0;
+  const ms = mapUnmapCycles(c, 10_000);
   const vm1 = statusKiB(pid(), "VmSize");
   const fds1 = server.fdCount();
   t.diagnostic(`10,000 cycles in ${ms.toFixed(0)} ms; VmSize ${vm0} -> ${vm1} KiB; fds ${fds0} -> ${fds1}`);
   assert.equal(fds1, fds0, "fds leaked");
   assert.ok(vm1 - vm0 < 64 * 1024, `VmSize grew ${vm1 - vm0} KiB`);
-  closeFd(memfd);
   c.close();
 });
 
