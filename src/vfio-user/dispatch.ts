@@ -101,6 +101,7 @@ export function dispatch(s: Session, m: Message): void {
   } finally {
     conn.release(m);
   }
+  if (s.failure) throw new ProtocolError(s.failure);
 }
 
 /**

@@ -470,10 +470,10 @@ export class Server {
   private pump(s: Session): void {
     let m: Message | null;
     do {
-      while (s.deferred.length > 0) dispatch(s, s.deferred.shift()!);
+      drainDeferred(s);
       while ((m = s.conn.next()) !== null) {
         dispatch(s, m);
-        while (s.deferred.length > 0) dispatch(s, s.deferred.shift()!);
+        drainDeferred(s);
       }
     } while (s.deferred.length > 0);
   }
@@ -501,6 +501,12 @@ export class Server {
     this.log.warn({ err: e instanceof Error ? e.message : String(e) }, "closing connection");
     this.closeSession(s, reason);
   }
+}
+
+/** Handles the requests set aside while a DMA reply was awaited. */
+function drainDeferred(s: Session): void {
+  while (s.deferred.length > 0) dispatch(s, s.deferred.shift()!);
+  s.deferredBytes = 0;
 }
 
 /** An fd kept in reserve (on /dev/null), or -1 if even that cannot be had. */

@@ -4,14 +4,14 @@
  * without an fd), with the wait for their replies.
  */
 import { RateLimitedLog } from "../base/index.js";
-import { POLLERR, POLLHUP, POLLIN, POLLOUT, pollOne } from "../sys/index.js";
+import { POLLERR, POLLHUP, POLLIN, POLLOUT, SysError, pollOne } from "../sys/index.js";
 import type { Capabilities } from "./capabilities.js";
 import { defaultCapabilities } from "./capabilities.js";
 import { Connection, type Message } from "./connection.js";
 import { Command, FLAG_TYPE_COMMAND, HEADER_SIZE, commandName } from "./constants.js";
 import type { DeviceSession, DmaDone, DmaPiece, VfioDevice } from "./device.js";
 import type { Endpoint } from "./endpoint.js";
-import { Errno, VfioUserError } from "./errors.js";
+import { Errno, ProtocolError, VfioUserError } from "./errors.js";
 import { RegionAccess, decodeDmaReadReply, encodeDmaAccess } from "./messages.js";
 
 /** What a server grants every session (fixed for the server's life). */
@@ -69,6 +69,10 @@ export class Session implements DeviceSession {
   twin: Connection | undefined;
   /** Messages that arrived while we waited for a reply to our own request. */
   readonly deferred: Message[] = [];
+  /** Bytes held in `deferred` (reset when they are handled). */
+  deferredBytes = 0;
+  /** Set when the client broke the protocol inside a device call: the loop closes the session. */
+  failure: string | undefined;
   /** Fds to send with the reply being built. */
   readonly replyFds: number[] = [];
   /** Fds to close once the reply is sent (the client's end of a twin socket). */
@@ -225,6 +229,22 @@ export class Session implements DeviceSession {
    * queued output meanwhile and setting the client's own requests aside.
    */
   private awaitReply(target: Connection, id: number, command: number): Message {
+    try {
+      return this.awaitReplyOn(target, id, command);
+    } catch (e) {
+      // The stream is lost (framing, a full buffer, the peer gone): whatever the
+      // device does with the error, the loop must end this session.
+      if (
+        e instanceof ProtocolError ||
+        e instanceof SysError ||
+        (e instanceof VfioUserError && e.errno === Errno.ECONNRESET)
+      )
+        this.failure ??= e.message;
+      throw e;
+    }
+  }
+
+  private awaitReplyOn(target: Connection, id: number, command: number): Message {
     const deadline = Date.now() + this.limits.timeoutMs;
     for (;;) {
       let m: Message | null;
@@ -234,8 +254,17 @@ export class Session implements DeviceSession {
           target.release(m);
           continue;
         }
-        if (target === this.conn && !m.isReply) this.deferred.push(target.detach(m));
-        else {
+        if (target === this.conn && !m.isReply) {
+          // Set aside, copied: bounded like our output, or a client could fill memory while we wait.
+          this.deferredBytes += m.size;
+          if (this.deferredBytes > this.limits.queueLimit) {
+            target.release(m);
+            // Recorded too: the device may swallow the error, the session must still end.
+            this.failure = `${this.deferredBytes} bytes of requests sent while we waited for a DMA reply`;
+            throw new ProtocolError(this.failure);
+          }
+          this.deferred.push(target.detach(m));
+        } else {
           this.log.warn(
             { id: m.id, command: m.command },
             "unexpected message while waiting for a reply; dropped",

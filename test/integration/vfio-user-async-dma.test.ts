@@ -8,7 +8,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { Client, Command, FLAG_TYPE_REPLY, PciRegion } from "../../src/vfio-user/index.js";
 import { Reg, SAMPLE, checksum } from "../../src/samples/sample-device.js";
-import { RawPeer, le } from "../support/raw-peer.js";
+import { RawPeer, le, message } from "../support/raw-peer.js";
 import { DMA_WINDOW, answerHeldDma, vmmSittingOnDma } from "../support/vmm-scenarios.js";
 import { type ServerProcess, startFixtureServer } from "../support/server-process.js";
 
@@ -87,5 +87,21 @@ test("a DMA reply that never comes fails that device alone with ETIMEDOUT", () =
   assert.ok(late.error > 0);
   assert.equal(readReg(vmm, 10, Reg.ERROR), 110);
   vmm.close();
+  bystander.close();
+});
+
+test("a client that floods requests while the server waits on its DMA reply is disconnected", () => {
+  const vmm = vmmSittingOnDma(server.socketPath, 2); // synchronous: the loop waits for the reply
+  const write = Buffer.concat([le([64, 0], [32, PciRegion.BAR2], [32, 1 << 20]), Buffer.alloc(1 << 20)]);
+  try {
+    for (let i = 0; i < 4; i++) vmm.send(message(100 + i, Command.REGION_WRITE, 0, write));
+  } catch {
+    // The server may already have closed the connection under us.
+  }
+  vmm.readUntil(-1);
+  assert.ok(vmm.closedByServer, "the flooding client is still connected");
+  vmm.close();
+  const bystander = Client.connect(`${server.socketPath}-b`, quiet);
+  worstBystanderRead(bystander, 50);
   bystander.close();
 });
