@@ -1,6 +1,6 @@
 import { fstatSync } from "node:fs";
-import { EINTR } from "./errno-values.js";
-import { F_GETFL, F_SETFL, O_NONBLOCK, check, errno, libc } from "./libc.js";
+import { EAGAIN, EINTR } from "./errno-values.js";
+import { F_GETFL, F_SETFL, LOCK_EX, LOCK_NB, O_NONBLOCK, check, errno, libc } from "./libc.js";
 import { SysError } from "./errors.js";
 
 /** Closes a file descriptor; EINTR still means closed on Linux, so it is not retried. */
@@ -36,4 +36,18 @@ export function fdSize(fd: number): number {
 export function fileIdentity(fd: number): string {
   const st = fstatSync(fd, { bigint: true });
   return `${st.dev}:${st.ino}`;
+}
+
+/**
+ * Takes an exclusive flock(2) on an open file without waiting. Returns false if
+ * another open file description holds it; the kernel drops the lock when the
+ * last fd of ours closes, so a killed holder never leaves it taken.
+ */
+export function tryLockExclusive(fd: number): boolean {
+  for (;;) {
+    if (libc.flock(fd, LOCK_EX | LOCK_NB) === 0) return true;
+    const e = errno();
+    if (e === EAGAIN) return false;
+    if (e !== EINTR) throw new SysError("flock", e);
+  }
 }

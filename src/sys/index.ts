@@ -1,6 +1,6 @@
 /** src/sys — the project's only door to libc (through koffi). */
 export { SysError, errnoName, errnoValue } from "./errors.js";
-export { closeFd, dupFd, fdSize, fileIdentity, isOpenFd, setNonBlocking } from "./fd.js";
+export { closeFd, dupFd, fdSize, fileIdentity, isOpenFd, setNonBlocking, tryLockExclusive } from "./fd.js";
 export { EventFd } from "./eventfd.js";
 export { createMemfd, truncateFd } from "./memfd.js";
 export { Mapping, type MapOptions } from "./mmap.js";
@@ -11,6 +11,9 @@ export {
   acceptUnix,
   connectUnix,
   listenUnix,
+  peerCredentials,
+  type PeerCredentials,
+  sendDatagram,
   setReceiveTimeout,
   setSendTimeout,
   shutdownSocket,

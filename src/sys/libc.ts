@@ -47,6 +47,13 @@ export const libc = {
   setsockopt: bind<[number, number, number, Uint8Array, number], number>(
     "int setsockopt(int fd, int level, int name, const void *val, uint32_t len)",
   ),
+  getsockopt: bind<[number, number, number, Uint8Array, Uint32Array], number>(
+    "int getsockopt(int fd, int level, int name, _Out_ void *val, _Inout_ uint32_t *len)",
+  ),
+  sendto: bind<[number, Uint8Array, number, number, Uint8Array, number], number>(
+    "intptr_t sendto(int fd, const void *buf, size_t n, int flags, const void *addr, uint32_t len)",
+  ),
+  flock: bind<[number, number], number>("int flock(int fd, int operation)"),
   sendmsg: bind<[number, NativePointer, number], number>(
     "intptr_t sendmsg(int fd, const void *msg, int flags)",
   ),
@@ -107,6 +114,7 @@ export function addressOf(pointer: NativePointer): bigint {
 // Linux x86_64 / aarch64 constants (asm-generic values).
 export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
@@ -114,6 +122,7 @@ export const SO_SNDTIMEO = 21;
 export const SO_RCVTIMEO = 20;
 export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
+export const SO_PEERCRED = 17;
 export const SCM_RIGHTS = 1;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_CTRUNC = 0x8;
@@ -141,3 +150,5 @@ export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 export const POLLNVAL = 0x20;
 export const SEEK_END = 2;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;

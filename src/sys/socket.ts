@@ -15,8 +15,10 @@ import {
   SCM_RIGHTS,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
+  SOCK_DGRAM,
   SOCK_STREAM,
   SOL_SOCKET,
+  SO_PEERCRED,
   SO_RCVTIMEO,
   SO_SNDTIMEO,
   type NativePointer,
@@ -47,6 +49,46 @@ function retryOnEintr(syscall: string, call: () => number): number {
     const e = errno();
     if (e !== EINTR) throw new SysError(syscall, e);
   }
+}
+
+/**
+ * A sockaddr_un of exactly the used length; a leading "@" names the abstract
+ * namespace (a NUL first byte, no terminator), as systemd's NOTIFY_SOCKET may.
+ */
+function sockaddrUnExact(path: string): Uint8Array {
+  const abstract = path.startsWith("@");
+  const encoded = Buffer.from(abstract ? path.slice(1) : path, "utf8");
+  if (encoded.length + 1 >= SUN_PATH_MAX) throw new SysError("sockaddr_un", ENAMETOOLONG, path);
+  const addr = new Uint8Array(2 + (abstract ? 1 : 0) + encoded.length + (abstract ? 0 : 1));
+  addr[0] = AF_UNIX;
+  addr.set(encoded, abstract ? 3 : 2);
+  return addr;
+}
+
+/** Sends one datagram to an AF_UNIX datagram socket (e.g. sd_notify's NOTIFY_SOCKET). */
+export function sendDatagram(path: string, data: Uint8Array): void {
+  const addr = sockaddrUnExact(path);
+  const fd = check("socket", libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  try {
+    retryOnEintr("sendto", () => libc.sendto(fd, data, data.length, MSG_NOSIGNAL, addr, addr.length));
+  } finally {
+    closeFd(fd);
+  }
+}
+
+/** Who is at the other end of a connected AF_UNIX socket (SO_PEERCRED, as of connect). */
+export interface PeerCredentials {
+  readonly pid: number;
+  readonly uid: number;
+  readonly gid: number;
+}
+
+export function peerCredentials(fd: number): PeerCredentials {
+  const cred = new Uint8Array(12); // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+  const len = new Uint32Array([cred.length]);
+  check("getsockopt(SO_PEERCRED)", libc.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, len));
+  const v = new DataView(cred.buffer);
+  return { pid: v.getInt32(0, true), uid: v.getUint32(4, true), gid: v.getUint32(8, true) };
 }
 
 /** A listening AF_UNIX stream socket (non-blocking, so accept never stalls a loop). */

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readdirSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -16,8 +16,12 @@ import {
   createMemfd,
   isOpenFd,
   listenUnix,
+  peerCredentials,
+  sendDatagram,
   socketPair,
+  tryLockExclusive,
 } from "./index.js";
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM, libc } from "./libc.js";
 
 function openFdCount(): number {
   return readdirSync("/proc/self/fd").length;
@@ -166,4 +170,63 @@ test("waitAsync resolves on the event loop when an fd becomes ready", async () =
   assert.equal(await ready, 1);
   poller.close();
   ev.close();
+});
+
+test("peerCredentials names the connecting process (SO_PEERCRED)", () => {
+  const path = join(tmpdir(), `mgpu-sys-cred-${process.pid}.sock`);
+  rmSync(path, { force: true });
+  const listener = listenUnix(path);
+  const client = connectUnix(path);
+  const server = acceptUnix(listener)!;
+  try {
+    const cred = peerCredentials(server);
+    assert.equal(cred.pid, process.pid);
+    assert.equal(cred.uid, process.getuid!());
+    assert.equal(cred.gid, process.getgid!());
+  } finally {
+    for (const fd of [server, client, listener]) closeFd(fd);
+    rmSync(path, { force: true });
+  }
+});
+
+test("tryLockExclusive: a second open file is refused while the first holds the lock", () => {
+  const dir = mkdtempSync(join(tmpdir(), "mgpu-sys-lock-"));
+  const file = join(dir, "lock");
+  const a = openSync(file, "w");
+  const b = openSync(file, "r");
+  try {
+    assert.equal(tryLockExclusive(a), true);
+    assert.equal(tryLockExclusive(b), false);
+    closeSync(a);
+    assert.equal(tryLockExclusive(b), true, "closing the holder releases the lock");
+  } finally {
+    closeSync(b);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("sendDatagram reaches a datagram socket by path and in the abstract namespace", () => {
+  const dir = mkdtempSync(join(tmpdir(), "mgpu-sys-dgram-"));
+  try {
+    for (const address of [join(dir, "notify.sock"), `@mgpu-sys-${process.pid}`]) {
+      // The receiving end, bound with libc directly (src/sys offers no datagram receiver).
+      const name = Buffer.from(address.startsWith("@") ? `\0${address.slice(1)}` : address);
+      const addr = new Uint8Array(2 + name.length + (address.startsWith("@") ? 0 : 1));
+      addr[0] = AF_UNIX;
+      addr.set(name, 2);
+      const fd = libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+      assert.ok(fd >= 0);
+      try {
+        assert.equal(libc.bind(fd, addr, addr.length), 0, `bind ${address}`);
+        sendDatagram(address, Buffer.from("READY=1"));
+        const buf = new Uint8Array(64);
+        const n = libc.read(fd, buf, buf.length);
+        assert.equal(Buffer.from(buf.subarray(0, n)).toString(), "READY=1", address);
+      } finally {
+        closeFd(fd);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
