@@ -194,12 +194,31 @@ export class Server {
   /** Runs until stop(). */
   run(): void {
     let busy = false;
-    while (!this.stopping) {
-      this.runOnce(busy ? 0 : (this.options.idleTimeoutMs ?? (this.options.afterRound ? 1000 : -1)));
-      busy = this.options.afterRound?.() ?? false;
-      this.pumpAll();
-    }
+    while (!this.stopping) busy = this.round(busy ? 0 : this.idleTimeoutMs);
     this.shutdown();
+  }
+
+  /** How long an idle round of run() sleeps in poll (ms; -1: until something happens). */
+  get idleTimeoutMs(): number {
+    return this.options.idleTimeoutMs ?? (this.options.afterRound ? 1000 : -1);
+  }
+
+  /** True once stop() was called. */
+  get stopped(): boolean {
+    return this.stopping;
+  }
+
+  /**
+   * One round of run(): poll up to timeoutMs, handle what is ready, run
+   * afterRound, answer requests it set aside. Returns true if more work is
+   * waiting (poll the next round with 0). For callers that drive the loop
+   * themselves, e.g. to return to Node's event loop between rounds.
+   */
+  round(timeoutMs: number): boolean {
+    this.runOnce(timeoutMs);
+    const busy = this.options.afterRound?.() ?? false;
+    this.pumpAll();
+    return busy;
   }
 
   /** Also watches `fd` for input from the same loop (e.g. a control channel); `onReadable` runs on this thread. */
