@@ -6,6 +6,7 @@ export { createMemfd, truncateFd } from "./memfd.js";
 export { Mapping, type MapOptions } from "./mmap.js";
 export { POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, Poller, pollOne } from "./poll.js";
 export {
+  DatagramSocket,
   SocketChannel,
   type ChannelOptions,
   acceptUnix,

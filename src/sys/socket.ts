@@ -76,6 +76,39 @@ export function sendDatagram(path: string, data: Uint8Array): void {
   }
 }
 
+/** A bound AF_UNIX datagram socket that receives without blocking (the listening side of sd_notify). */
+export class DatagramSocket {
+  private constructor(readonly fd: number) {}
+
+  static bind(path: string): DatagramSocket {
+    const addr = sockaddrUnExact(path);
+    const fd = check("socket", libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    try {
+      check("bind", libc.bind(fd, addr, addr.length));
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    return new DatagramSocket(fd);
+  }
+
+  /** The next datagram, or null if none is queued. */
+  receive(maxBytes = 4096): Buffer | null {
+    const buf = new Uint8Array(maxBytes);
+    for (;;) {
+      const n = libc.read(this.fd, buf, buf.length);
+      if (n >= 0) return Buffer.from(buf.subarray(0, n));
+      const e = errno();
+      if (e === EAGAIN) return null;
+      if (e !== EINTR) throw new SysError("read", e);
+    }
+  }
+
+  close(): void {
+    closeFd(this.fd);
+  }
+}
+
 /** Who is at the other end of a connected AF_UNIX socket (SO_PEERCRED, as of connect). */
 export interface PeerCredentials {
   readonly pid: number;

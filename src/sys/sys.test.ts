@@ -4,6 +4,7 @@ import { closeSync, mkdtempSync, openSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  DatagramSocket,
   EventFd,
   Mapping,
   POLLIN,
@@ -21,7 +22,6 @@ import {
   socketPair,
   tryLockExclusive,
 } from "./index.js";
-import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM, libc } from "./libc.js";
 
 function openFdCount(): number {
   return readdirSync("/proc/self/fd").length;
@@ -205,25 +205,17 @@ test("tryLockExclusive: a second open file is refused while the first holds the 
   }
 });
 
-test("sendDatagram reaches a datagram socket by path and in the abstract namespace", () => {
+test("sendDatagram reaches a DatagramSocket by path and in the abstract namespace", () => {
   const dir = mkdtempSync(join(tmpdir(), "mgpu-sys-dgram-"));
   try {
     for (const address of [join(dir, "notify.sock"), `@mgpu-sys-${process.pid}`]) {
-      // The receiving end, bound with libc directly (src/sys offers no datagram receiver).
-      const name = Buffer.from(address.startsWith("@") ? `\0${address.slice(1)}` : address);
-      const addr = new Uint8Array(2 + name.length + (address.startsWith("@") ? 0 : 1));
-      addr[0] = AF_UNIX;
-      addr.set(name, 2);
-      const fd = libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-      assert.ok(fd >= 0);
+      const receiver = DatagramSocket.bind(address);
       try {
-        assert.equal(libc.bind(fd, addr, addr.length), 0, `bind ${address}`);
+        assert.equal(receiver.receive(), null, "nothing queued yet");
         sendDatagram(address, Buffer.from("READY=1"));
-        const buf = new Uint8Array(64);
-        const n = libc.read(fd, buf, buf.length);
-        assert.equal(Buffer.from(buf.subarray(0, n)).toString(), "READY=1", address);
+        assert.equal(receiver.receive()?.toString(), "READY=1", address);
       } finally {
-        closeFd(fd);
+        receiver.close();
       }
     }
   } finally {
