@@ -499,12 +499,13 @@ export class Server {
 
   /**
    * Device work outside a request (afterRound) may have waited for a client's
-   * reply and set that client's requests aside; answer them now, or the client
-   * would wait for a reply that no poll round would ever produce.
+   * reply and set that client's requests aside, or left complete requests in
+   * the connection's buffer (read together with the reply it waited for);
+   * answer them now, or the client would wait for a reply that no poll round
+   * would ever produce (its socket has nothing more to read).
    */
   private pumpAll(): void {
     for (const s of this.sessions.slice()) {
-      if (s.deferred.length === 0) continue;
       try {
         this.pump(s);
         this.watchOutput(s);
