@@ -16,6 +16,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   guest: async () => (await import("./guest.js")).run,
   dashboard: async () => (await import("./dashboard.js")).run,
   "protocol-isolation": async () => (await import("./protocol-isolation.js")).run,
+  daemon: async () => (await import("./daemon.js")).run,
 };
 
 async function main(): Promise<void> {

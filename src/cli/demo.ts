@@ -6,9 +6,7 @@
  * PNG of each display, and every final frame checked against the native
  * driver's rendering of the same frame. Exit 0 only if every VM rendered right.
  */
-import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync } from "node:fs";
-import { createInterface } from "node:readline";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { encodeOps } from "../abi/index.js";
 import { NativeDriver, SoftwareGpu, desktopFrame, pngToFrame } from "../gpu/index.js";
@@ -27,32 +25,14 @@ export interface DemoOptions {
   readonly hostile?: readonly number[];
   /** Desktop frames per submission. */
   readonly work?: number;
-  /** Serve the dashboard (and API) at this address while the demo runs, and open it. */
-  readonly dashboard?: { readonly host: string; readonly port: number };
-}
-
-/** Opens a URL in the desktop's browser, if there is a desktop; never fails the demo. */
-function openInBrowser(url: string): void {
-  if (!process.env.DISPLAY && !process.env.WAYLAND_DISPLAY) return;
-  const child = spawn("xdg-open", [url], { stdio: "ignore", detached: true });
-  child.on("error", () => {});
-  child.unref();
 }
 
 export async function demo(options: DemoOptions): Promise<number> {
   const outDir = resolve(options.outDir);
   mkdirSync(outDir, { recursive: true });
   // Rejections of the hostile VM are counted in the table; the daemon's log keeps to errors.
-  const d = options.dashboard;
-  const daemon = await DaemonProcess.start({
-    vgpus: options.types,
-    ...(d ? { args: ["--http", `${d.host.includes(":") ? `[${d.host}]` : d.host}:${d.port}`] } : {}),
-  });
+  const daemon = await DaemonProcess.start({ vgpus: options.types });
   try {
-    if (daemon.http) {
-      console.log(`dashboard: ${daemon.http}/`);
-      openInBrowser(`${daemon.http}/`);
-    }
     const request = (cmd: Request) => daemon.request(cmd);
     const vgpus = daemon.vgpus;
     const model = (i: number): MemoryModel =>
@@ -74,11 +54,12 @@ export async function demo(options: DemoOptions): Promise<number> {
           progress.set(name, frames);
           const t = (Date.now() - start) / 1000 + 0.2;
           const line = [...progress.entries()].map(([n, f]) => `${n} ${(f / t).toFixed(0)} fps`).join("  ");
-          process.stderr.write(`\r${t.toFixed(1)} s  ${line}   `);
+          // A live line only for a person watching; logs and pipes get the table alone.
+          if (process.stderr.isTTY) process.stderr.write(`\r${t.toFixed(1)} s  ${line}   `);
         },
       },
     );
-    process.stderr.write("\n");
+    if (process.stderr.isTTY) process.stderr.write("\n");
     const stats = (await request({ cmd: "stats" })).vgpus as {
       uuid: string;
       share: number;
@@ -108,8 +89,10 @@ export async function demo(options: DemoOptions): Promise<number> {
       const r = results[i]!;
       const s = stats.find((x) => x.uuid === v.uuid)!;
       const png = join(outDir, `vm${i}-${v.uuid}.png`);
-      await request({ cmd: "screenshot", uuid: v.uuid, path: png });
-      const right = !r.error && r.frames > 0 && samePixels(pngToFrame(readFileSync(png)).rgba, r.lastSeed);
+      const shot = await request({ cmd: "screenshot", uuid: v.uuid });
+      const bytes = typeof shot.png === "string" ? Buffer.from(shot.png, "base64") : undefined;
+      if (bytes) writeFileSync(png, bytes);
+      const right = !r.error && r.frames > 0 && !!bytes && samePixels(pngToFrame(bytes).rgba, r.lastSeed);
       ok &&= right;
       rows.push([
         `vm${i}${options.hostile?.includes(i) ? " (hostile)" : ""}`,
@@ -136,14 +119,6 @@ export async function demo(options: DemoOptions): Promise<number> {
           .trimEnd(),
       );
     console.log(`PNGs in ${outDir}`);
-    if (daemon.http && process.stdin.isTTY) {
-      // The last frames stay on the dashboard until the viewer is done.
-      const rl = createInterface({ input: process.stdin, output: process.stdout });
-      await new Promise<void>((resolve) =>
-        rl.question(`dashboard still at ${daemon.http}/ — Enter ends the demo `, () => resolve()),
-      );
-      rl.close();
-    }
     await request({ cmd: "quit" });
     return ok ? 0 : 1;
   } finally {

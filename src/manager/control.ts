@@ -1,9 +1,19 @@
 /**
  * The daemon's control channel: JSON lines over a UNIX socket in the state
- * directory (and optionally over stdin/stdout). One request per line, one
- * reply per line; errors come back as {"error": …, "code": …}.
+ * directory (and optionally over stdin/stdout). One request per line, one reply
+ * per line, in order; errors come back as {"error": …, "code": …}.
+ *
+ * The socket is closed to strangers: created 0600 (or 0660 for a configured
+ * group) inside the 0700 state directory, and every connection's peer is
+ * checked with SO_PEERCRED (our uid, root, or the configured group). Accepted
+ * connections are handed to Node's event loop (non-blocking); a client that
+ * stops reading is no longer read from once its replies back up (a bounded
+ * queue: the socket's buffer plus one reply), and is dropped if one reply
+ * alone exceeds the bound. No client can hold the vGPUs' loop.
  */
-import { readSync } from "node:fs";
+import { Socket } from "node:net";
+import { createInterface } from "node:readline";
+import { rmSync } from "node:fs";
 import {
   POLLIN,
   SocketChannel,
@@ -11,13 +21,17 @@ import {
   closeFd,
   connectUnix,
   listenUnix,
+  peerCredentials,
   pollOne,
   setReceiveTimeout,
 } from "../sys/index.js";
+import { type Logger, MgpuError, quietLogger } from "../base/index.js";
+import { ManagerError } from "./errors.js";
+import { type SocketAccess, bindPrivate, claimSocketPath } from "./sockets.js";
 
 export type Request = Record<string, unknown> & { readonly cmd: string };
 export type Reply = Record<string, unknown>;
-export type Handler = (request: Request) => Reply;
+export type Handler = (request: Request) => Promise<Reply> | Reply;
 
 /** What the control server needs from the loop it runs in (the vfio-user server's). */
 export interface Watcher {
@@ -25,7 +39,10 @@ export interface Watcher {
   unwatch(fd: number): void;
 }
 
-const MAX_LINE = 1 << 20;
+/** Longest request line. */
+export const MAX_LINE = 1 << 20;
+/** Reply bytes queued for one client before we stop reading its requests. */
+export const MAX_QUEUED_REPLY_BYTES = 8 << 20;
 
 function parse(line: string): Request | Reply {
   let value: unknown;
@@ -39,116 +56,196 @@ function parse(line: string): Request | Reply {
   return value as Request;
 }
 
-function answer(handler: Handler, line: string): Reply {
+/** One line in, one reply out; the handler's errors become error replies with their code. */
+export async function answer(handler: Handler, line: string): Promise<Reply> {
   const req = parse(line);
   if (!("cmd" in req)) return req;
   try {
-    return handler(req as Request);
+    return await handler(req as Request);
   } catch (e) {
     return {
       error: e instanceof Error ? e.message : String(e),
-      code: (e as { code?: string }).code ?? "EIO",
+      code: e instanceof MgpuError ? e.code : ((e as { code?: string }).code ?? "EIO"),
     };
   }
 }
 
-/** Serves the control socket from the caller's loop. */
+export interface ControlOptions {
+  readonly access?: SocketAccess;
+  readonly logger?: Logger;
+  readonly maxQueuedReplyBytes?: number;
+}
+
+/** Serves one stream of JSON lines (a socket or stdin/stdout), requests answered in order. */
+function serveLines(
+  input: NodeJS.ReadableStream & { pause(): void; resume(): void },
+  output: NodeJS.WritableStream & { writableLength: number },
+  handler: Handler,
+  onOverflow: (what: string) => void,
+  maxQueued: number,
+): void {
+  let chain = Promise.resolve();
+  let pendingLine = "";
+  input.on("data", (chunk: Buffer | string) => {
+    pendingLine += chunk.toString();
+    if (pendingLine.length > MAX_LINE && !pendingLine.includes("\n"))
+      return onOverflow("request line too long");
+    let nl: number;
+    while ((nl = pendingLine.indexOf("\n")) >= 0) {
+      const line = pendingLine.slice(0, nl).trim();
+      pendingLine = pendingLine.slice(nl + 1);
+      if (!line) continue;
+      chain = chain.then(async () => {
+        const reply = JSON.stringify(await answer(handler, line)) + "\n";
+        if (reply.length > maxQueued) return onOverflow("reply larger than the queue bound");
+        const room = output.write(reply);
+        // Backpressure: a client that does not read gets nothing more processed.
+        if (!room || output.writableLength > maxQueued) {
+          input.pause();
+          output.once("drain", () => input.resume());
+        }
+      });
+    }
+  });
+}
+
+/** Serves the control socket: accepts from the caller's loop, talks on Node's event loop. */
 export class ControlServer {
   private readonly listenFd: number;
-  private readonly clients = new Map<number, { ch: SocketChannel; pending: string }>();
+  private readonly clients = new Set<Socket>();
+  private readonly log: Logger;
+  private closed = false;
 
   constructor(
     readonly path: string,
     private readonly loop: Watcher,
     private readonly handler: Handler,
+    private readonly options: ControlOptions = {},
   ) {
-    this.listenFd = listenUnix(path);
+    this.log = options.logger ?? quietLogger;
+    claimSocketPath(path);
+    this.listenFd = bindPrivate(path, options.access ?? {}, () => listenUnix(path));
     loop.watch(this.listenFd, () => this.accept());
+  }
+
+  get connections(): number {
+    return this.clients.size;
+  }
+
+  private mayConnect(uid: number, gid: number): boolean {
+    return (
+      uid === 0 ||
+      uid === process.geteuid?.() ||
+      (this.options.access?.gid !== undefined && gid === this.options.access.gid)
+    );
   }
 
   private accept(): void {
     for (let fd = acceptUnix(this.listenFd); fd !== null; fd = acceptUnix(this.listenFd)) {
-      const client = { ch: new SocketChannel(fd, { capacity: MAX_LINE, maxFds: 1 }), pending: "" };
-      this.clients.set(fd, client);
-      this.loop.watch(fd, () => this.readable(fd));
-    }
-  }
-
-  private readable(fd: number): void {
-    const c = this.clients.get(fd);
-    if (!c) return;
-    let n: number;
-    try {
-      n = c.ch.recv(0, c.ch.recvBuffer.length, false);
-    } catch {
-      n = 0;
-    }
-    for (const extra of c.ch.receivedFds) closeFd(extra);
-    if (n === 0) return this.drop(fd);
-    if (n < 0) return;
-    c.pending += Buffer.from(c.ch.recvBuffer.subarray(0, n)).toString("utf8");
-    if (c.pending.length > MAX_LINE) return this.drop(fd);
-    let nl: number;
-    while ((nl = c.pending.indexOf("\n")) >= 0) {
-      const line = c.pending.slice(0, nl);
-      c.pending = c.pending.slice(nl + 1);
+      let cred;
       try {
-        c.ch.sendBytes(Buffer.from(JSON.stringify(answer(this.handler, line)) + "\n"));
-      } catch {
-        return this.drop(fd);
+        cred = peerCredentials(fd);
+      } catch (e) {
+        closeFd(fd);
+        this.log.warn({ err: String(e) }, "control connection without credentials; closed");
+        continue;
       }
+      if (!this.mayConnect(cred.uid, cred.gid)) {
+        closeFd(fd);
+        this.log.warn({ pid: cred.pid, uid: cred.uid }, "control connection from another user refused");
+        continue;
+      }
+      const socket = new Socket({ fd, readable: true, writable: true });
+      this.clients.add(socket);
+      const drop = (why: string) => {
+        this.log.warn({ pid: cred.pid, why }, "control client dropped");
+        socket.destroy();
+      };
+      socket.on("error", () => socket.destroy());
+      socket.on("close", () => this.clients.delete(socket));
+      serveLines(
+        socket,
+        socket,
+        this.handler,
+        drop,
+        this.options.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES,
+      );
     }
   }
 
-  private drop(fd: number): void {
-    this.loop.unwatch(fd);
-    this.clients.get(fd)?.ch.close();
-    this.clients.delete(fd);
+  /** Stops accepting, lets replies already written drain (up to `ms`), then close(). */
+  async closeGracefully(ms = 500): Promise<void> {
+    if (this.closed) return;
+    this.loop.unwatch(this.listenFd);
+    const ends = [...this.clients].map(
+      (c) =>
+        new Promise<void>((resolve) => (c.closed ? resolve() : (c.once("close", () => resolve()), c.end()))),
+    );
+    await Promise.race([Promise.all(ends), new Promise((r) => setTimeout(r, ms))]);
+    this.close();
+  }
+
+  /** Stops accepting, closes every connection, removes the socket file. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.loop.unwatch(this.listenFd);
+    closeFd(this.listenFd);
+    rmSync(this.path, { force: true });
+    for (const c of this.clients) c.destroy();
+    this.clients.clear();
   }
 }
 
-/** Serves JSON lines on stdin/stdout (for tests and wrappers). */
-export function serveStdio(loop: Watcher, handler: Handler, onEnd: () => void): void {
-  let pending = "";
-  const buf = Buffer.alloc(65536);
-  loop.watch(0, () => {
-    const n = readSync(0, buf, 0, buf.length, null);
-    if (n === 0) {
-      loop.unwatch(0);
-      return onEnd();
-    }
-    pending += buf.subarray(0, n).toString("utf8");
-    let nl: number;
-    while ((nl = pending.indexOf("\n")) >= 0) {
-      const line = pending.slice(0, nl).trim();
-      pending = pending.slice(nl + 1);
-      if (line) process.stdout.write(JSON.stringify(answer(handler, line)) + "\n");
-    }
+/**
+ * Serves JSON lines on stdin/stdout (for tests and wrappers); `onEnd` when
+ * stdin closes. Returns a function that stops reading stdin (so it no longer
+ * keeps the process alive).
+ */
+export function serveStdio(handler: Handler, onEnd: () => void): () => void {
+  const lines = createInterface({ input: process.stdin, terminal: false });
+  let chain = Promise.resolve();
+  let closing = false;
+  lines.on("line", (line) => {
+    if (!line.trim()) return;
+    chain = chain.then(async () => {
+      process.stdout.write(JSON.stringify(await answer(handler, line)) + "\n");
+    });
   });
+  lines.on("close", () => void chain.then(() => closing || onEnd()));
+  return () => {
+    closing = true;
+    lines.close();
+    process.stdin.destroy();
+  };
 }
 
 /** One request to a running daemon; throws with a clear message if there is none. */
-export function requestDaemon(path: string, request: Request, timeoutMs = 10_000): Reply {
+export function requestDaemon(path: string, request: Request, timeoutMs = 30_000): Reply {
   let fd: number;
   try {
     fd = connectUnix(path);
   } catch (e) {
-    throw Object.assign(new Error(`no mgpu daemon at ${path} (start one with: mgpu serve)`), {
-      code: "ENOTCONN",
-      cause: e,
-    });
+    throw new ManagerError("ENOENT", `no mgpu daemon at ${path} (start one with: mgpu serve)`, { cause: e });
   }
-  const ch = new SocketChannel(fd, { capacity: MAX_LINE, maxFds: 1 });
+  // Replies carry screenshots: room for the largest mode's PNG, base64-encoded.
+  const ch = new SocketChannel(fd, { capacity: 1 << 20, maxFds: 1 });
   try {
     setReceiveTimeout(fd, timeoutMs);
-    ch.sendBytes(Buffer.from(JSON.stringify(request) + "\n"));
-    let text = "";
-    while (!text.includes("\n")) {
-      if (pollOne(fd, POLLIN, timeoutMs) === 0) throw new Error("the daemon did not answer");
+    const line = Buffer.from(JSON.stringify(request) + "\n");
+    if (line.length > MAX_LINE) throw new ManagerError("EINVAL", "request too large");
+    ch.sendBytes(line);
+    const parts: Buffer[] = [];
+    for (;;) {
+      if (pollOne(fd, POLLIN, timeoutMs) === 0)
+        throw new ManagerError("ETIMEDOUT", "the daemon did not answer");
       const n = ch.recv(0, ch.recvBuffer.length, true);
-      if (n <= 0) throw new Error("the daemon closed the connection");
-      text += Buffer.from(ch.recvBuffer.subarray(0, n)).toString("utf8");
+      if (n <= 0) throw new ManagerError("ENOENT", "the daemon closed the connection");
+      const part = Buffer.from(ch.recvBuffer.subarray(0, n));
+      parts.push(part);
+      if (part.includes(0x0a)) break;
     }
+    const text = Buffer.concat(parts).toString("utf8");
     return JSON.parse(text.slice(0, text.indexOf("\n"))) as Reply;
   } finally {
     ch.close();

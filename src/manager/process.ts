@@ -83,11 +83,22 @@ export class DaemonProcess {
     });
   }
 
-  async stop(): Promise<void> {
+  /** A vGPU's display as PNG bytes (the daemon sends them; it writes no file). */
+  async screenshot(uuid: string): Promise<Buffer> {
+    const r = await this.request({ cmd: "screenshot", uuid });
+    if (typeof r.png !== "string")
+      throw new Error(`screenshot of ${uuid}: ${String(r.error)} (${String(r.code)})`);
+    return Buffer.from(r.png, "base64");
+  }
+
+  /** Stops the daemon with SIGTERM (it cleans up), SIGKILL if it has not exited within `graceMs`. */
+  async stop(graceMs = 5000): Promise<void> {
     if (this.child.exitCode === null && this.child.signalCode === null) {
       const exited = new Promise((r) => this.child.once("exit", r));
-      this.child.kill("SIGKILL");
+      this.child.kill("SIGTERM");
+      const timer = setTimeout(() => this.child.kill("SIGKILL"), graceMs);
       await exited;
+      clearTimeout(timer);
     }
     if (this.ownedState) rmSync(this.ownedState, { recursive: true, force: true });
   }

@@ -8,7 +8,7 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -49,10 +49,7 @@ async function checksum(uuid: string): Promise<string> {
 }
 
 async function screenshot(uuid: string): Promise<Uint8Array> {
-  const file = join(dir, `${uuid}.png`);
-  const r = await serve.request({ cmd: "screenshot", uuid, path: file });
-  assert.equal(r.ok, true, JSON.stringify(r));
-  return pngToFrame(readFileSync(file)).rgba;
+  return pngToFrame(await serve.screenshot(uuid)).rgba;
 }
 
 /** The same workload on a private parent GPU through the native driver. */
