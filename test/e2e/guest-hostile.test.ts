@@ -8,8 +8,6 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { EngineError, Irq, type ScanRejection, ScanRejectionCode } from "../../src/abi/index.js";
 import { pngToFrame } from "../../src/gpu/index.js";
 import { bootGuest } from "./guest.js";
@@ -45,15 +43,13 @@ test("hostile streams from a real guest are rejected or contained; a second gues
   const attackerId = "0c0de000-0000-4000-8000-0000000000a2";
   const bed = await vgpuTestBed(t, "h", [`mgpu-2q:${victimId}`, `mgpu-1q:${attackerId}`]);
   if (!bed) return;
-  const { serve, dir } = bed;
+  const { serve } = bed;
   const victimLine = bed.line("victim");
   const attackerLine = bed.line("attacker");
   const snapshots: { sha256: string; png: Buffer }[] = [];
   const snapshot = async () => {
-    const png = join(dir, `victim-${snapshots.length}.png`);
     const sum = await serve.request({ cmd: "checksum", uuid: victimId });
-    await serve.request({ cmd: "screenshot", uuid: victimId, path: png });
-    snapshots.push({ sha256: String(sum.sha256), png: readFileSync(png) });
+    snapshots.push({ sha256: String(sum.sha256), png: await serve.screenshot(victimId) });
   };
   try {
     const waiting = new Set<string>();
