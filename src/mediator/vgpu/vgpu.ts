@@ -129,6 +129,7 @@ export class Vgpu {
         { index: VgpuBar.MMIO, size: BAR2_SIZE, kind: "mem32", handler: trapped },
       ],
       intx: true,
+      req: true, // the REQ interrupt: the manager asks a VMM to release the vGPU (mgpu remove --force)
       msi: 1,
       vendorCapability: VENDOR_CAPABILITY,
       onReset: () => this.deviceReset(),
