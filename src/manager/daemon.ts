@@ -163,14 +163,10 @@ export class Daemon {
     }));
   }
 
-  /** idle, attached (a VMM holds it) or error (its engine error register is set). */
-  stateOf(vgpu: Vgpu): VgpuState {
+  /** idle, attached (a VMM owns it) or error (its engine error register is set). */
+  private stateOf({ vgpu, endpoint }: Served): VgpuState {
     if (vgpu.error !== 0) return "error";
-    return this.isAttached(vgpu) ? "attached" : "idle";
-  }
-
-  private isAttached(vgpu: Vgpu): boolean {
-    return vgpu.pci.session !== undefined;
+    return endpoint.ownerAttached ? "attached" : "idle";
   }
 
   private start(type: string, uuid?: string): { uuid: string; socket: string } {
@@ -201,7 +197,7 @@ export class Daemon {
   private async stopVgpu(uuid: string, force: boolean): Promise<Reply> {
     const s = this.entry(uuid);
     let released = true;
-    if (this.isAttached(s.vgpu)) {
+    if (s.endpoint.ownerAttached) {
       if (!force)
         throw new ManagerError(
           "EBUSY",
@@ -209,8 +205,8 @@ export class Daemon {
         );
       s.vgpu.pci.irqs.requestRelease();
       const deadline = Date.now() + (this.options.releaseTimeoutMs ?? 5000);
-      while (this.isAttached(s.vgpu) && Date.now() < deadline) await sleep(10);
-      released = !this.isAttached(s.vgpu);
+      while (s.endpoint.ownerAttached && Date.now() < deadline) await sleep(10);
+      released = !s.endpoint.ownerAttached;
       if (!released) this.log.warn({ uuid }, "VMM did not release the vGPU in time; disconnecting it");
     }
     if (this.served.get(uuid) !== s) return { ok: true, released };
@@ -230,24 +226,27 @@ export class Daemon {
     const defined = new Set(this.definitions.load().definitions.map((d) => d.uuid));
     const total = this.mediator.scheduler.totalBusyMs;
     return {
-      vgpus: [...this.served.values()].map(({ vgpu, endpoint, socket }) => ({
-        uuid: vgpu.uuid,
-        type: vgpu.type.name,
-        socket,
-        defined: defined.has(vgpu.uuid),
-        state: this.stateOf(vgpu),
-        error: vgpu.error,
-        share: total > 0 ? vgpu.stats.busyMs / total : 0,
-        display: { width: vgpu.display.width, height: vgpu.display.height, enabled: vgpu.display.enabled },
-        ...(withStats
-          ? {
-              stats: vgpu.stats,
-              explicitFrameMaps: vgpu.mpt instanceof VfioUserMpt ? vgpu.mpt.maps : 0,
-              regionReads: Array.from(endpoint.stats.regionReads.subarray(0, 9)),
-              regionWrites: Array.from(endpoint.stats.regionWrites.subarray(0, 9)),
-            }
-          : {}),
-      })),
+      vgpus: [...this.served.values()].map((served) => {
+        const { vgpu, endpoint, socket } = served;
+        return {
+          uuid: vgpu.uuid,
+          type: vgpu.type.name,
+          socket,
+          defined: defined.has(vgpu.uuid),
+          state: this.stateOf(served),
+          error: vgpu.error,
+          share: total > 0 ? vgpu.stats.busyMs / total : 0,
+          display: { width: vgpu.display.width, height: vgpu.display.height, enabled: vgpu.display.enabled },
+          ...(withStats
+            ? {
+                stats: vgpu.stats,
+                explicitFrameMaps: vgpu.mpt instanceof VfioUserMpt ? vgpu.mpt.maps : 0,
+                regionReads: Array.from(endpoint.stats.regionReads.subarray(0, 9)),
+                regionWrites: Array.from(endpoint.stats.regionWrites.subarray(0, 9)),
+              }
+            : {}),
+        };
+      }),
     };
   }
 
@@ -311,7 +310,7 @@ export class Daemon {
     this.log.info({ reason: this.stopReason }, "shutting down");
     await this.control?.closeGracefully();
     this.control = undefined;
-    for (const s of this.served.values()) if (this.isAttached(s.vgpu)) s.vgpu.pci.irqs.requestRelease();
+    for (const s of this.served.values()) if (s.endpoint.ownerAttached) s.vgpu.pci.irqs.requestRelease();
     this.closeAll();
   }
 
