@@ -76,7 +76,16 @@ export interface ControlOptions {
   readonly maxQueuedReplyBytes?: number;
 }
 
-/** Serves one stream of JSON lines (a socket or stdin/stdout), requests answered in order. */
+/** Requests read ahead of their answers, per client, before we stop reading it. */
+const MAX_PENDING_REQUESTS = 64;
+
+/**
+ * Serves one stream of JSON lines, requests answered in order. Each request
+ * waits for its own turn of the event loop (setImmediate), so a client that
+ * pipelines thousands of requests gets one answered per turn and the vGPUs'
+ * rounds run in between; reading stops while too many requests or reply bytes
+ * are queued (a client that does not read its replies stops being read).
+ */
 function serveLines(
   input: NodeJS.ReadableStream & { pause(): void; resume(): void },
   output: NodeJS.WritableStream & { writableLength: number },
@@ -86,6 +95,11 @@ function serveLines(
 ): void {
   let chain = Promise.resolve();
   let pendingLine = "";
+  let pending = 0;
+  let waitingForDrain = false;
+  const maybeResume = () => {
+    if (!waitingForDrain && pending < MAX_PENDING_REQUESTS / 2) input.resume();
+  };
   input.on("data", (chunk: Buffer | string) => {
     pendingLine += chunk.toString();
     if (pendingLine.length > MAX_LINE && !pendingLine.includes("\n"))
@@ -95,15 +109,21 @@ function serveLines(
       const line = pendingLine.slice(0, nl).trim();
       pendingLine = pendingLine.slice(nl + 1);
       if (!line) continue;
+      if (++pending >= MAX_PENDING_REQUESTS) input.pause();
       chain = chain.then(async () => {
+        await new Promise<void>((resolve) => setImmediate(resolve));
         const reply = JSON.stringify(await answer(handler, line)) + "\n";
+        pending--;
         if (reply.length > maxQueued) return onOverflow("reply larger than the queue bound");
         const room = output.write(reply);
-        // Backpressure: a client that does not read gets nothing more processed.
         if (!room || output.writableLength > maxQueued) {
+          waitingForDrain = true;
           input.pause();
-          output.once("drain", () => input.resume());
-        }
+          output.once("drain", () => {
+            waitingForDrain = false;
+            maybeResume();
+          });
+        } else maybeResume();
       });
     }
   });
