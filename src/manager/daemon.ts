@@ -269,7 +269,7 @@ export class Daemon {
       case "start": {
         const { definition, broken } = this.definitions.lookup(String(req.uuid));
         if (broken)
-          throw new ManagerError("EINVAL", `vGPU ${String(req.uuid)}: broken definition: ${broken.reason}`);
+          throw new ManagerError("EBROKEN", `vGPU ${String(req.uuid)}: broken definition: ${broken.reason}`);
         if (!definition) throw new ManagerError("ENOENT", `vGPU ${String(req.uuid)} is not defined`);
         return this.start(definition.type, definition.uuid);
       }

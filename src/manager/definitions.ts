@@ -205,7 +205,7 @@ export class DefinitionStore {
     const old = this.lookup(uuid);
     if (old.broken)
       throw new DefinitionError(
-        "EINVAL",
+        "EBROKEN",
         `vGPU ${uuid}'s definition is broken (${old.broken.reason}); replace it with define --force, or undefine it`,
       );
     if (!old.definition) throw new DefinitionError("ENOENT", `vGPU ${uuid} is not defined`);

@@ -5,7 +5,9 @@ import { MgpuError } from "../base/index.js";
  * mistakes (the CLI exits 2 for them); the others are the state of things
  * (exit 1): `EBUSY` a VMM holds the vGPU, `EEXIST`/`ENOENT` definitions and
  * vGPUs, `ELOCKED` another daemon owns the state directory, `EADDRINUSE` a
- * live server answers on a socket path, `EPERM` a peer or file we refuse.
+ * live server answers on a socket path, `EPERM` a peer or file we refuse,
+ * `EBROKEN` a definition file that is not a valid definition, `ENODISPLAY` a
+ * vGPU whose guest set no display mode.
  */
 export type ManagerCode =
   | "EUSAGE"
@@ -17,6 +19,7 @@ export type ManagerCode =
   | "EADDRINUSE"
   | "EPERM"
   | "ENODISPLAY"
+  | "EBROKEN"
   | "ETIMEDOUT";
 
 export class ManagerError extends MgpuError {

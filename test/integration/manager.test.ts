@@ -7,7 +7,15 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -187,5 +195,150 @@ test("the daemon: autostart, create/remove, start/stop, list, qemu-args, screens
   } finally {
     daemon.kill("SIGKILL");
     await exited;
+  }
+});
+
+test("each validation error exits 2 with a message: type, UUID, name, --vgpu, --log-level, usage", () => {
+  const uuid = ok("define", "--type", "mgpu-1q").trim();
+  const before = ok("list", "--defined", "--json");
+  misused(/no vGPU type nosuchtype \(known: mgpu-1q, mgpu-2q, mgpu-4q\)/, "define", "--type", "nosuchtype");
+  misused(/no vGPU type alsobogus/, "modify", uuid, "--type", "alsobogus");
+  misused(/must be a lower-case UUID/, "define", "--type", "mgpu-1q", "--uuid", "nope");
+  misused(/must be a lower-case UUID/, "define", "--type", "mgpu-1q", "--uuid", uuid.toUpperCase());
+  misused(
+    /\/name must be 1 to 128 printable characters/,
+    "define",
+    "--type",
+    "mgpu-1q",
+    "--name",
+    "a\u0007b",
+  );
+  misused(/\/name must be 1 to 128 printable characters/, "modify", uuid, "--name", "x".repeat(129));
+  misused(
+    /--vgpu mgpu-1q:not-a-uuid: the UUID must be a lower-case UUID/,
+    "serve",
+    "--vgpu",
+    "mgpu-1q:not-a-uuid",
+  );
+  misused(/no vGPU type mgpu-9q/, "serve", "--vgpu", "mgpu-9q");
+  misused(
+    /--log-level.*must be one of fatal, error, warn, info, debug, trace, silent, not "loud"/,
+    "serve",
+    "--log-level",
+    "loud",
+  );
+  const env = spawnSync(process.execPath, [cli, "--state-dir", state, "serve"], {
+    encoding: "utf8",
+    env: { ...process.env, MGPU_LOG_LEVEL: "loud" },
+  });
+  assert.equal(env.status, 2, env.stderr);
+  assert.match(env.stderr, /MGPU_LOG_LEVEL must be one of fatal, error/);
+  misused(/unknown command 'frobnicate'/, "frobnicate");
+  misused(/unknown option '--bogus'/, "list", "--bogus");
+  misused(/missing required argument 'uuid'/, "remove");
+  misused(/cannot be used with/, "serve", "--socket-path=/tmp/x.sock", "--fd=3");
+  // Nothing of the refused ones reached the disk; the good one is unchanged.
+  assert.equal(ok("list", "--defined", "--json"), before);
+  const version = mgpu("--version");
+  assert.equal(version.status, 0);
+  assert.match(version.stdout.trim(), /^\d+\.\d+\.\d+$/);
+  ok("undefine", uuid);
+});
+
+test("a broken definition is shown, replaced only with --force, removed by undefine", () => {
+  const uuid = "33333333-3333-4333-8333-333333333333";
+  const file = join(state, "definitions", `${uuid}.json`);
+  const bytes =
+    '{"uuid":"33333333-3333-4333-8333-333333333333","type":"mgpu-1q","autostart":true,"name":"keep me"';
+  writeFileSync(file, bytes);
+  const listed = JSON.parse(ok("list", "--defined", "--json")) as {
+    uuid: string;
+    broken?: string;
+    file?: string;
+  }[];
+  const shown = listed.filter((d) => d.uuid === uuid);
+  assert.deepEqual(
+    shown.map((d) => [d.uuid, d.file]),
+    [[uuid, file]],
+  );
+  assert.match(shown[0]!.broken!, /not JSON/);
+  assert.match(ok("list", "--defined"), new RegExp(`${uuid}\\s+\\?\\s+\\?\\s+broken: .*not JSON`));
+  fails(
+    /a broken definition is in the way .*define --force.*undefine/,
+    "define",
+    "--type",
+    "mgpu-2q",
+    "--uuid",
+    uuid,
+  );
+  fails(/definition is broken .*not JSON/, "modify", uuid, "--autostart");
+  assert.equal(readFileSync(file, "utf8"), bytes, "refused commands leave the file as it was");
+  ok("define", "--type", "mgpu-2q", "--uuid", uuid, "--force");
+  assert.deepEqual(JSON.parse(readFileSync(file, "utf8")), { uuid, type: "mgpu-2q", autostart: false });
+  writeFileSync(file, "garbage");
+  ok("undefine", uuid);
+  assert.ok(!existsSync(file), "undefine removes a broken one");
+});
+
+test("a FIFO, a symlink and an oversized file in the definitions folder are skipped with a warning", async () => {
+  const dir = join(state, "definitions");
+  const fifo = join(dir, "44444444-4444-4444-8444-444444444444.json");
+  assert.equal(spawnSync("mkfifo", [fifo]).status, 0, "mkfifo");
+  const target = join(state, "elsewhere.json");
+  writeFileSync(
+    target,
+    JSON.stringify({ uuid: "55555555-5555-4555-8555-555555555555", type: "mgpu-1q", autostart: true }),
+  );
+  symlinkSync(target, join(dir, "55555555-5555-4555-8555-555555555555.json"));
+  writeFileSync(join(dir, "66666666-6666-4666-8666-666666666666.json"), " ".repeat(70_000));
+  const good = ok("define", "--type", "mgpu-1q", "--autostart").trim();
+  try {
+    const r = mgpu("list", "--defined");
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /44444444-4444-4444-8444-444444444444\.json: is not a regular file/);
+    assert.match(r.stderr, /55555555-5555-4555-8555-555555555555\.json: is a symbolic link \(not followed\)/);
+    assert.match(r.stderr, /66666666-6666-4666-8666-666666666666\.json: is 70000 bytes/);
+    // The daemon comes up (a FIFO no longer holds it), warns, and starts the good one.
+    const daemon: ChildProcess = spawn(process.execPath, [cli, "--state-dir", state, "serve"], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    daemon.stderr!.on("data", (b: Buffer) => (stderr += b.toString()));
+    const exited = new Promise((resolve) => daemon.once("exit", resolve));
+    try {
+      let stdout = "";
+      await new Promise<void>((resolve, reject) => {
+        daemon.stdout!.on("data", (b: Buffer) => {
+          stdout += b.toString();
+          if (stdout.includes("control socket")) resolve();
+        });
+        void exited.then(() => reject(new Error(`serve exited: ${stderr}`)));
+      });
+      assert.match(stdout, new RegExp(`vGPU ${good} `));
+      assert.match(
+        stderr,
+        /skipping a broken vGPU definition.*44444444|44444444.*skipping a broken vGPU definition/,
+      );
+    } finally {
+      daemon.kill("SIGTERM");
+      await exited;
+    }
+  } finally {
+    for (const f of readdirSync(dir)) if (!f.startsWith(good)) rmSync(join(dir, f));
+    rmSync(target);
+    ok("undefine", good);
+  }
+});
+
+test("XDG_STATE_HOME is honoured when neither --state-dir nor MGPU_STATE_DIR is given", () => {
+  const xdg = mkdtempSync(join(tmpdir(), "mgpu-xdg-"));
+  try {
+    const env: NodeJS.ProcessEnv = { ...process.env, XDG_STATE_HOME: xdg };
+    delete env.MGPU_STATE_DIR;
+    const r = spawnSync(process.execPath, [cli, "define", "--type", "mgpu-1q"], { encoding: "utf8", env });
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(existsSync(join(xdg, "mediated-gpu", "definitions", `${r.stdout.trim()}.json`)));
+  } finally {
+    rmSync(xdg, { recursive: true, force: true });
   }
 });
