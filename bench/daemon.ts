@@ -7,7 +7,7 @@
  * reported as a ratio (for comparing with the blocking loop it replaced).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -16,6 +16,7 @@ import { ClientBus } from "../src/vmm/client-bus.js";
 import { GuestDriver } from "../src/guest/index.js";
 import { Client } from "../src/vfio-user/index.js";
 import { quietLogger } from "../src/base/index.js";
+import { requestDaemon } from "../src/manager/control.js";
 import { type BenchFigure, type BenchReport, percentile } from "./report.js";
 
 const ours = join(dirname(fileURLToPath(import.meta.url)), "..", "src", "cli", "main.js");
@@ -28,8 +29,7 @@ interface Served {
   readonly dir: string;
 }
 
-async function serve(cli: string): Promise<Served> {
-  const dir = mkdtempSync(join(tmpdir(), "mgpu-bench-daemon-"));
+async function serve(cli: string, dir = mkdtempSync(join(tmpdir(), "mgpu-bench-daemon-"))): Promise<Served> {
   const child = spawn(
     process.execPath,
     [cli, "--state-dir", dir, "serve", "--control", "--vgpu", "mgpu-1q"],
@@ -108,6 +108,33 @@ export async function run(): Promise<BenchReport> {
         unit: "ms",
         note: "incl. process teardown",
       });
+  }
+  // A `stats` request with 3,000 definition files in the state dir (one defined vGPU running).
+  for (const [name, cli] of Object.entries(builds)) {
+    const dir = mkdtempSync(join(tmpdir(), "mgpu-bench-defs-"));
+    mkdirSync(join(dir, "definitions"), { recursive: true });
+    for (let i = 0; i < 3000; i++) {
+      const uuid = `de000000-0000-4000-8000-${i.toString(16).padStart(12, "0")}`;
+      writeFileSync(
+        join(dir, "definitions", `${uuid}.json`),
+        JSON.stringify({ uuid, type: "mgpu-1q", autostart: false }),
+      );
+    }
+    const s = await serve(cli, dir);
+    const ms: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const t0 = performance.now();
+      requestDaemon(join(dir, "control.sock"), { cmd: "stats" });
+      ms.push(performance.now() - t0);
+    }
+    ms.sort((a, b) => a - b);
+    figures.push({
+      metric: `stats request, 3,000 definitions, median (${name})`,
+      value: ms[15]!,
+      unit: "ms",
+      note: "client round trip",
+    });
+    await stop(s, "SIGKILL");
   }
   return { name: "daemon", figures };
 }

@@ -72,6 +72,12 @@ export async function answer(handler: Handler, line: string): Promise<Reply> {
 
 export interface ControlOptions {
   readonly access?: SocketAccess;
+  /**
+   * Called when a client's socket has input for Node's event loop to read
+   * (its fd is also watched by the vfio-user poll, only to say so), so the
+   * loop hands over without waiting for the end of its slice.
+   */
+  readonly onInput?: () => void;
   readonly logger?: Logger;
   readonly maxQueuedReplyBytes?: number;
 }
@@ -92,13 +98,24 @@ function serveLines(
   handler: Handler,
   onOverflow: (what: string) => void,
   maxQueued: number,
+  reading: (on: boolean) => void = () => {},
 ): void {
   let chain = Promise.resolve();
   let pendingLine = "";
   let pending = 0;
   let waitingForDrain = false;
+  let paused = false;
+  const pause = () => {
+    if (paused) return;
+    paused = true;
+    input.pause();
+    reading(false);
+  };
   const maybeResume = () => {
-    if (!waitingForDrain && pending < MAX_PENDING_REQUESTS / 2) input.resume();
+    if (!paused || waitingForDrain || pending >= MAX_PENDING_REQUESTS / 2) return;
+    paused = false;
+    input.resume();
+    reading(true);
   };
   input.on("data", (chunk: Buffer | string) => {
     pendingLine += chunk.toString();
@@ -109,16 +126,17 @@ function serveLines(
       const line = pendingLine.slice(0, nl).trim();
       pendingLine = pendingLine.slice(nl + 1);
       if (!line) continue;
-      if (++pending >= MAX_PENDING_REQUESTS) input.pause();
+      if (++pending >= MAX_PENDING_REQUESTS) pause();
       chain = chain.then(async () => {
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        // Pipelined requests take one event-loop turn each (a lone one is answered at once).
+        if (pending > 1) await new Promise<void>((resolve) => setImmediate(resolve));
         const reply = JSON.stringify(await answer(handler, line)) + "\n";
         pending--;
         if (reply.length > maxQueued) return onOverflow("reply larger than the queue bound");
         const room = output.write(reply);
         if (!room || output.writableLength > maxQueued) {
           waitingForDrain = true;
-          input.pause();
+          pause();
           output.once("drain", () => {
             waitingForDrain = false;
             maybeResume();
@@ -181,14 +199,30 @@ export class ControlServer {
         this.log.warn({ pid: cred.pid, why }, "control client dropped");
         socket.destroy();
       };
+      // Level-triggered: watched only while Node reads it, or poll would never sleep.
+      const onInput = this.options.onInput;
+      let watched = false;
+      const reading = (on: boolean) => {
+        if (!onInput || on === watched || this.closed) return;
+        watched = on;
+        if (on) this.loop.watch(fd, onInput);
+        else this.loop.unwatch(fd);
+      };
+      reading(true);
+      onInput?.();
       socket.on("error", () => socket.destroy());
-      socket.on("close", () => this.clients.delete(socket));
+      socket.on("end", () => reading(false));
+      socket.on("close", () => {
+        reading(false);
+        this.clients.delete(socket);
+      });
       serveLines(
         socket,
         socket,
         this.handler,
         drop,
         this.options.maxQueuedReplyBytes ?? MAX_QUEUED_REPLY_BYTES,
+        reading,
       );
     }
   }

@@ -83,6 +83,8 @@ export class Daemon {
   private readonly lock: StateLock;
   private control: ControlServer | undefined;
   private closeStdio: (() => void) | undefined;
+  /** Set when a control client has input: the loop hands over to Node's event loop. */
+  private controlInput = false;
   private stopReason: string | undefined;
 
   /** Takes the state directory and binds every socket; throws ManagerError (ELOCKED, EADDRINUSE…) if it cannot. */
@@ -99,6 +101,7 @@ export class Daemon {
       this.socketDir = resolve(options.socketDir ?? join(this.stateDir, "vgpus"));
       ensurePrivateDir(this.socketDir, this.log);
       this.definitions = new DefinitionStore(this.stateDir);
+      this.definitions.watch(); // listed per request: looked at again only when the folder changes
       this.mediator = new Mediator({
         mpt: (device, hooks) => new VfioUserMpt(device, hooks),
         logger: this.log,
@@ -113,6 +116,7 @@ export class Daemon {
       this.controlPath = join(this.stateDir, "control.sock");
       this.control = new ControlServer(this.controlPath, this.server, (r) => this.handle(r), {
         logger: this.log,
+        onInput: () => (this.controlInput = true),
         ...(options.access ? { access: options.access } : {}),
       });
       if (options.stdio)
@@ -144,7 +148,11 @@ export class Daemon {
   /** Serves until stop(), then shuts down cleanly. */
   async run(): Promise<void> {
     sdNotify("READY=1", this.log);
-    await serveRounds(this.server);
+    await serveRounds(this.server, () => {
+      const turn = this.controlInput;
+      this.controlInput = false;
+      return turn;
+    });
     await this.shutdown();
   }
 
@@ -315,6 +323,7 @@ export class Daemon {
   }
 
   private closeAll(): void {
+    this.definitions?.unwatch();
     this.closeStdio?.();
     this.closeStdio = undefined;
     this.control?.close();

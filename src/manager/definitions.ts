@@ -18,9 +18,12 @@ import {
   fsyncSync,
   openSync,
   readSync,
+  type FSWatcher,
   lstatSync,
   readdirSync,
   rmSync,
+  statSync,
+  watch,
 } from "node:fs";
 import { join } from "node:path";
 import { Ajv } from "ajv";
@@ -119,6 +122,9 @@ export interface Loaded {
 export class DefinitionStore {
   readonly dir: string;
   private readonly cache = new Map<string, CachedFile>();
+  /** With watch(): the last load, valid until the folder reports a change. */
+  private snapshot: { loaded: Loaded; dirMtimeNs: bigint } | undefined;
+  private watcher: FSWatcher | undefined;
 
   constructor(stateDir: string) {
     this.dir = join(stateDir, "definitions");
@@ -130,11 +136,34 @@ export class DefinitionStore {
   }
 
   /**
+   * Keeps load() from looking at the folder at all until it changes
+   * (inotify through fs.watch, and the folder's mtime as a second witness):
+   * for a daemon that lists definitions per request. close() stops it.
+   */
+  watch(): void {
+    if (this.watcher) return;
+    try {
+      this.watcher = watch(this.dir, { persistent: false }, () => (this.snapshot = undefined));
+      this.watcher.on("error", () => this.unwatch());
+    } catch {
+      this.watcher = undefined; // no inotify: every load() looks
+    }
+  }
+
+  unwatch(): void {
+    this.watcher?.close();
+    this.watcher = undefined;
+    this.snapshot = undefined;
+  }
+
+  /**
    * Every definition, and every file that is not one. A file is re-read only
    * when it changed (inode, size or mtime), so a daemon asking per request pays
    * one stat per file, not a read and a parse.
    */
   load(): Loaded {
+    const dirMtimeNs = statSync(this.dir, { bigint: true }).mtimeNs;
+    if (this.watcher && this.snapshot && this.snapshot.dirMtimeNs === dirMtimeNs) return this.snapshot.loaded;
     const definitions: Definition[] = [];
     const broken: BrokenDefinition[] = [];
     const seen = new Set<string>();
@@ -146,7 +175,9 @@ export class DefinitionStore {
       else broken.push(r.broken);
     }
     for (const name of this.cache.keys()) if (!seen.has(name)) this.cache.delete(name);
-    return { definitions, broken };
+    const loaded = { definitions, broken };
+    if (this.watcher) this.snapshot = { loaded, dirMtimeNs };
+    return loaded;
   }
 
   private loadFile(name: string): CachedFile["result"] {
@@ -221,11 +252,13 @@ export class DefinitionStore {
     if (!file) throw new DefinitionError("ENOENT", `vGPU ${uuid} is not defined`);
     rmSync(file, { force: true });
     this.cache.delete(`${uuid}.json`);
+    this.snapshot = undefined;
     this.syncDir();
   }
 
   /** Atomic replace: readers (and a crash) see the old file or the new one. */
   private write(d: Definition): void {
+    this.snapshot = undefined;
     writeFileAtomic.sync(this.file(d.uuid), JSON.stringify(d, null, 2) + "\n", { mode: 0o600, fsync: true });
     this.syncDir();
   }

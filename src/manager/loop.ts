@@ -10,14 +10,22 @@ import type { Server } from "../vfio-user/server.js";
 /** Longest stretch of vfio-user rounds between two turns of the event loop. */
 export const EVENT_LOOP_SLICE_MS = 25;
 
-export async function serveRounds(server: Server, sliceMs = EVENT_LOOP_SLICE_MS): Promise<void> {
+/**
+ * `wantsTurn` is asked after every round: true ends the slice early (the
+ * control channel saw input that Node's event loop must read).
+ */
+export async function serveRounds(
+  server: Server,
+  wantsTurn: () => boolean = () => false,
+  sliceMs = EVENT_LOOP_SLICE_MS,
+): Promise<void> {
   const idle = server.idleTimeoutMs;
   let busy = false;
   while (!server.stopped) {
     const until = performance.now() + sliceMs;
     for (;;) {
       const left = Math.ceil(until - performance.now());
-      if (left <= 0 || server.stopped) break;
+      if (left <= 0 || server.stopped || wantsTurn()) break;
       busy = server.round(busy ? 0 : idle < 0 ? left : Math.min(left, idle));
     }
     await new Promise<void>((resolve) => setImmediate(resolve));
