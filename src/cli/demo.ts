@@ -6,7 +6,9 @@
  * PNG of each display, and every final frame checked against the native
  * driver's rendering of the same frame. Exit 0 only if every VM rendered right.
  */
+import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { join, resolve } from "node:path";
 import { encodeOps } from "../abi/index.js";
 import { NativeDriver, SoftwareGpu, desktopFrame, pngToFrame } from "../gpu/index.js";
@@ -25,14 +27,32 @@ export interface DemoOptions {
   readonly hostile?: readonly number[];
   /** Desktop frames per submission. */
   readonly work?: number;
+  /** Serve the dashboard (and API) at this address while the demo runs, and open it. */
+  readonly dashboard?: { readonly host: string; readonly port: number };
+}
+
+/** Opens a URL in the desktop's browser, if there is a desktop; never fails the demo. */
+function openInBrowser(url: string): void {
+  if (!process.env.DISPLAY && !process.env.WAYLAND_DISPLAY) return;
+  const child = spawn("xdg-open", [url], { stdio: "ignore", detached: true });
+  child.on("error", () => {});
+  child.unref();
 }
 
 export async function demo(options: DemoOptions): Promise<number> {
   const outDir = resolve(options.outDir);
   mkdirSync(outDir, { recursive: true });
   // Rejections of the hostile VM are counted in the table; the daemon's log keeps to errors.
-  const daemon = await DaemonProcess.start({ vgpus: options.types });
+  const d = options.dashboard;
+  const daemon = await DaemonProcess.start({
+    vgpus: options.types,
+    ...(d ? { args: ["--http", `${d.host.includes(":") ? `[${d.host}]` : d.host}:${d.port}`] } : {}),
+  });
   try {
+    if (daemon.http) {
+      console.log(`dashboard: ${daemon.http}/`);
+      openInBrowser(`${daemon.http}/`);
+    }
     const request = (cmd: Request) => daemon.request(cmd);
     const vgpus = daemon.vgpus;
     const model = (i: number): MemoryModel =>
@@ -119,6 +139,14 @@ export async function demo(options: DemoOptions): Promise<number> {
           .trimEnd(),
       );
     console.log(`PNGs in ${outDir}`);
+    if (daemon.http && process.stdin.isTTY) {
+      // The last frames stay on the dashboard until the viewer is done.
+      const rl = createInterface({ input: process.stdin, output: process.stdout });
+      await new Promise<void>((resolve) =>
+        rl.question(`dashboard still at ${daemon.http}/ — Enter ends the demo `, () => resolve()),
+      );
+      rl.close();
+    }
     await request({ cmd: "quit" });
     return ok ? 0 : 1;
   } finally {

@@ -20,6 +20,7 @@ import { MgpuError, defaultLogger, quietLogger } from "../base/index.js";
 import { demo } from "./demo.js";
 import { formatProbe, probe } from "./probe.js";
 import { serve } from "./serve.js";
+import { parseAddress } from "../web/bridge.js";
 
 const packageJson = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "package.json");
 const version = (JSON.parse(readFileSync(packageJson, "utf8")) as { version: string }).version;
@@ -152,8 +153,20 @@ program
       .argParser(logLevelArg)
       .default(undefined, "$MGPU_LOG_LEVEL, else warn"),
   )
+  .option(
+    "--http <[host:]port>",
+    "serve the HTTP API, /metrics and the dashboard (host: 127.0.0.1)",
+    argument((v) => parseAddress(v, "--http")),
+  )
+  .option(
+    "--vnc <[host:]port>",
+    "a VNC console per vGPU, on ports from this one up (0: any free port)",
+    argument((v) => parseAddress(v, "--vnc")),
+  )
   .action(
     async (options: {
+      http?: { host: string; port: number };
+      vnc?: { host: string; port: number };
       vgpu: { type: string; uuid?: string }[];
       socketDir?: string;
       socketPath?: string;
@@ -164,6 +177,10 @@ program
       logLevel?: string;
     }) => {
       const single = options.socketPath !== undefined || options.fd !== undefined;
+      if (options.vnc && !options.http)
+        throw new ManagerError("EUSAGE", "--vnc needs --http (both are served by the web worker)");
+      if (single && options.http)
+        throw new ManagerError("EUSAGE", "--http serves the daemon, not --socket-path/--fd");
       if (single && options.vgpu.length > 1)
         throw new ManagerError("EUSAGE", "--socket-path/--fd serve one vGPU: give at most one --vgpu");
       const level = options.logLevel ?? process.env.MGPU_LOG_LEVEL ?? "warn";
@@ -182,6 +199,8 @@ program
         ...(options.fd !== undefined ? { fd: options.fd } : {}),
         ...(options.watchdogMs ? { watchdogMs: options.watchdogMs } : {}),
         ...(options.socketGid !== undefined ? { access: { gid: options.socketGid } } : {}),
+        ...(options.http ? { http: options.http } : {}),
+        ...(options.vnc ? { vnc: options.vnc } : {}),
       });
     },
   );
@@ -371,6 +390,7 @@ program
   .option("--vms <n>", "how many VMs (types repeat if fewer are given)", (v: string) => Number(v))
   .option("--memory-model <model>", "kvm, xen or mixed (alternating)", "mixed")
   .option("--hostile <list>", "VM indexes whose guest driver misbehaves, comma-separated", "")
+  .option("--dashboard [address]", "watch the VMs in the web dashboard ([host:]port, default 127.0.0.1:8080)")
   .action(
     async (options: {
       types: string;
@@ -379,6 +399,7 @@ program
       vms?: number;
       memoryModel: string;
       hostile: string;
+      dashboard?: string | boolean;
     }) => {
       const usage = (m: string) => new ManagerError("EUSAGE", m);
       if (!["kvm", "xen", "mixed"].includes(options.memoryModel))
@@ -396,6 +417,14 @@ program
         outDir: options.out,
         memoryModel: options.memoryModel as "kvm" | "xen" | "mixed",
         hostile,
+        ...(options.dashboard
+          ? {
+              dashboard: parseAddress(
+                options.dashboard === true ? "127.0.0.1:8080" : options.dashboard,
+                "--dashboard",
+              ),
+            }
+          : {}),
       });
     },
   );

@@ -7,6 +7,7 @@ import { VgpuBackend } from "../manager/backend.js";
 import { Daemon } from "../manager/daemon.js";
 import type { SocketAccess } from "../manager/sockets.js";
 import type { Logger } from "../base/index.js";
+import { WebServer } from "../web/bridge.js";
 
 export interface ServeOptions {
   readonly stateDir: string;
@@ -18,6 +19,10 @@ export interface ServeOptions {
   readonly fd?: number;
   readonly access?: SocketAccess;
   readonly logger: Logger;
+  /** HTTP API, metrics and dashboard (off unless given). */
+  readonly http?: { readonly host: string; readonly port: number };
+  /** VNC consoles, one port per vGPU from this one up (needs http). */
+  readonly vnc?: { readonly host: string; readonly port: number };
 }
 
 const shellWord = (a: string) => (/[ {]/.test(a) ? `'${a}'` : a);
@@ -61,9 +66,22 @@ export async function serve(options: ServeOptions): Promise<void> {
     ...(options.access ? { access: options.access } : {}),
   });
   onSignals((signal) => daemon.stop(signal));
+  let web: WebServer | undefined;
+  try {
+    web = options.http
+      ? WebServer.start(daemon, { ...options.http, ...(options.vnc ? { vnc: options.vnc } : {}) })
+      : undefined;
+  } catch (e) {
+    daemon.stop("the web server did not start");
+    await daemon.run();
+    throw e;
+  }
   if (options.control) {
-    process.stdout.write(JSON.stringify({ event: "ready", vgpus: daemon.describe() }) + "\n");
+    process.stdout.write(
+      JSON.stringify({ event: "ready", vgpus: daemon.describe(), ...(web ? { http: web.url } : {}) }) + "\n",
+    );
   } else {
+    if (web) console.log(`dashboard and API on ${web.url}`);
     for (const d of daemon.describe()) {
       console.log(`vGPU ${d.uuid} (${d.type}) on ${d.socket}`);
       console.log(`  qemu-system-x86_64 ... ${d.qemu.map(shellWord).join(" ")}`);
@@ -72,4 +90,5 @@ export async function serve(options: ServeOptions): Promise<void> {
     console.log(`mgpu daemon: control socket ${daemon.controlPath}`);
   }
   await daemon.run();
+  await web?.close();
 }

@@ -20,6 +20,7 @@ export type ManagerCode =
   | "EPERM"
   | "ENODISPLAY"
   | "EBROKEN"
+  | "ENOTYPE"
   | "ETIMEDOUT";
 
 export class ManagerError extends MgpuError {

@@ -34,10 +34,11 @@ export function checkUuid(value: unknown, what = "vGPU UUID"): string {
   return value;
 }
 
+/** An unknown type is ENOTYPE, the mediator's own code for it (the CLI exits 2). */
 export function checkType(value: unknown): string {
   if (typeof value !== "string" || !typeNames.includes(value))
     throw new ManagerError(
-      "EINVAL",
+      "ENOTYPE",
       `no vGPU type ${typeof value === "string" ? value : JSON.stringify(value)} (known: ${typeNames.join(", ")})`,
     );
   return value;
@@ -52,7 +53,8 @@ export function parseVgpuSpec(spec: string): { type: string; uuid?: string } {
 }
 
 const uuid = { type: "string", pattern: UUID_PATTERN } as const;
-const type = { type: "string", enum: typeNames } as const;
+// Checked by checkType when used, so an unknown one gets ENOTYPE with the list of known ones.
+const type = { type: "string", minLength: 1, maxLength: 64 } as const;
 const noArgs = { type: "object", required: ["cmd"], additionalProperties: false, properties: { cmd: {} } };
 const byUuid = (extra: Record<string, unknown> = {}) => ({
   type: "object",

@@ -102,16 +102,21 @@ export class WebServer {
     this.wake.read();
     for (let m = receiveMessageOnPort(this.port); m; m = receiveMessageOnPort(this.port)) {
       const { id, body } = m.message as BridgeMessage;
-      let reply: Reply;
+      // Daemon.handle is async (a forced remove waits for the VMM): post the reply when it is there.
+      const failed = (e: unknown): Reply => ({
+        error: e instanceof Error ? e.message : String(e),
+        code: (e as { code?: string }).code ?? "EIO",
+      });
+      let pending: Promise<Reply>;
       try {
-        reply = answer(this.daemon, body);
+        pending = Promise.resolve(answer(this.daemon, body));
       } catch (e) {
-        reply = {
-          error: e instanceof Error ? e.message : String(e),
-          code: (e as { code?: string }).code ?? "EIO",
-        };
+        pending = Promise.resolve(failed(e));
       }
-      this.port.postMessage({ id, reply });
+      void pending.then(
+        (reply) => this.port.postMessage({ id, reply }),
+        (e: unknown) => this.port.postMessage({ id, reply: failed(e) }),
+      );
     }
   }
 
@@ -123,7 +128,7 @@ export class WebServer {
   }
 }
 
-function answer(daemon: Daemon, body: BridgeRequest): Reply {
+function answer(daemon: Daemon, body: BridgeRequest): Reply | Promise<Reply> {
   switch (body.op) {
     case "handle":
       if (body.request.cmd === "quit" || body.request.cmd === "screenshot")

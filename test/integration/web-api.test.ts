@@ -170,9 +170,7 @@ test("the screenshot PNG has the pixels a VM drew, the same as the control chann
   assert.equal(r.status, 200);
   assert.equal(r.headers.get("content-type"), "image/png");
   const http = pngToFrame(new Uint8Array(await r.arrayBuffer()));
-  const path = join(web.dir, "control.png");
-  await web.daemon.request({ cmd: "screenshot", uuid: first.uuid, path });
-  const control = pngToFrame(readFileSync(path));
+  const control = pngToFrame(await web.daemon.screenshot(first.uuid));
   assert.deepEqual([http.width, http.height], [1280, 800]);
   assert.deepEqual([http.width, http.height], [control.width, control.height]);
   assert.ok(Buffer.from(http.rgba).equals(Buffer.from(control.rgba)), "same pixels");
@@ -189,7 +187,7 @@ test("mgpu serve refuses a malformed --http address and --vnc without --http", (
       encoding: "utf8",
       timeout: 20_000,
     });
-    assert.equal(r.status, 1, args.join(" "));
+    assert.equal(r.status, 2, `${args.join(" ")} is a usage error`);
     assert.match(r.stderr, message);
   }
 });
