@@ -155,8 +155,8 @@ export async function demo(options: DemoOptions): Promise<number> {
   }
 }
 
-/** The native driver's rendering of the same desktop frame, compared pixel for pixel. */
-function samePixels(rgba: Uint8Array, seed: number): boolean {
+/** The native driver's rendering of desktop frame `seed` (what a simulated VM's last frame must equal). */
+export function nativeDesktopFrame(seed: number): Uint8Array {
   const gpu = new SoftwareGpu({ localMemorySize: 64 << 20, gttEntries: 16 << 10 });
   const drv = new NativeDriver(gpu, { size: 48 << 20 });
   const s = drv.prepare(desktopFrame(1));
@@ -164,5 +164,11 @@ function samePixels(rgba: Uint8Array, seed: number): boolean {
   drv.modeSet(s.screen!);
   const expected = gpu.scanout().rgba;
   gpu.close();
+  return expected;
+}
+
+/** Compared pixel for pixel with the native driver's rendering of the same frame. */
+function samePixels(rgba: Uint8Array, seed: number): boolean {
+  const expected = nativeDesktopFrame(seed);
   return expected.length === rgba.length && expected.every((b, i) => b === rgba[i]);
 }

@@ -13,8 +13,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { encodeOps } from "../../src/abi/index.js";
-import { NativeDriver, SoftwareGpu, desktopFrame, pngToFrame } from "../../src/gpu/index.js";
+import { pngToFrame } from "../../src/gpu/index.js";
+import { nativeDesktopFrame } from "../../src/cli/demo.js";
 import { runVms } from "../../src/vmm/sim/run.js";
 import { Client, Errno, VfioUserError } from "../../src/vfio-user/index.js";
 import { quietLogger } from "../../src/base/index.js";
@@ -52,16 +52,16 @@ function probeAsync(socket: string): Promise<{ code: number | null; stdout: stri
   });
 }
 
-/** The native driver's rendering of desktop frame `seed`. */
-function nativeFrame(seed: number): Uint8Array {
-  const gpu = new SoftwareGpu({ localMemorySize: 64 << 20, gttEntries: 16 << 10 });
-  const drv = new NativeDriver(gpu, { size: 48 << 20 });
-  const s = drv.prepare(desktopFrame(1));
-  drv.submitBatch(encodeOps(desktopFrame(seed).ops, s));
-  drv.modeSet(s.screen!);
-  const rgba = gpu.scanout().rgba;
-  gpu.close();
-  return rgba;
+/** `mgpu --state-dir STATE ARGS…` in the background (the daemon is busy meanwhile). */
+function mgpuAsync(args: string[]): Promise<{ status: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [cli, "--state-dir", state, ...args], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    let stderr = "";
+    c.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
+    c.once("exit", (status) => resolve({ status, stderr }));
+  });
 }
 
 test("probe of a vGPU under load: the guest's frames stay pixel-exact, its error register 0", async () => {
@@ -90,7 +90,10 @@ test("probe of a vGPU under load: the guest's frames stay pixel-exact, its error
   assert.notEqual(v.state, "error");
   const shot = requestDaemon(control(), { cmd: "screenshot", uuid: loaded });
   const rgba = pngToFrame(Buffer.from(String(shot.png), "base64")).rgba;
-  assert.ok(Buffer.from(rgba).equals(Buffer.from(nativeFrame(result!.lastSeed))), "last frame pixel-exact");
+  assert.ok(
+    Buffer.from(rgba).equals(Buffer.from(nativeDesktopFrame(result!.lastSeed))),
+    "last frame pixel-exact",
+  );
 });
 
 test("a second VMM on an owned vGPU is a read-only observer: it can look, not map, reset or write", () => {
@@ -153,14 +156,7 @@ test("remove/stop of an attached vGPU are refused; --force asks the VMM to relea
   }
   assert.equal(list().find((x) => x.uuid === uuid)?.state, "attached", "still there, still attached");
   const exited = new Promise((r) => vmm.child.once("exit", r));
-  const forced = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, [cli, "--state-dir", state, "remove", "--force", uuid], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    c.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
-    c.once("exit", (status) => resolve({ status, stderr }));
-  });
+  const forced = await mgpuAsync(["remove", "--force", uuid]);
   assert.equal(forced.status, 0, forced.stderr);
   await exited;
   assert.deepEqual(vmm.lines, ["attached", "release requested", "released"]);
@@ -176,14 +172,7 @@ test("--force on a VMM that ignores REQ: disconnected after the bounded wait, th
   assert.equal(mgpu(state, ["create", "--type", "mgpu-1q", "--uuid", uuid]).status, 0);
   const vmm = await startVmm(join(state, "vgpus", `${uuid}.sock`), "--ignore-req");
   await waitState(uuid, "attached");
-  const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
-    const c = spawn(process.execPath, [cli, "--state-dir", state, "stop", "--force", uuid], {
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    let stderr = "";
-    c.stderr.on("data", (b: Buffer) => (stderr += b.toString()));
-    c.once("exit", (status) => resolve({ status, stderr }));
-  });
+  const r = await mgpuAsync(["stop", "--force", uuid]);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stderr, /did not release .* in time; it was disconnected/);
   assert.ok(vmm.lines.includes("release requested"));
