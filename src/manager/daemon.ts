@@ -28,7 +28,7 @@ import { ManagerError } from "./errors.js";
 import { StateLock } from "./lock.js";
 import { serveRounds } from "./loop.js";
 import { sdNotify } from "./notify.js";
-import { ensurePrivateDir } from "./paths.js";
+import { ensurePrivateDir, openDirToGroup } from "./paths.js";
 import { type SocketAccess, bindPrivate, claimSocketPath } from "./sockets.js";
 import { checkRequest, checkType, checkUuid, parseVgpuSpec } from "./validate.js";
 
@@ -100,6 +100,9 @@ export class Daemon {
     try {
       this.socketDir = resolve(options.socketDir ?? join(this.stateDir, "vgpus"));
       ensurePrivateDir(this.socketDir, this.log);
+      const gid = options.access?.gid;
+      if (gid !== undefined)
+        for (const dir of new Set([this.stateDir, this.socketDir])) openDirToGroup(dir, gid);
       this.definitions = new DefinitionStore(this.stateDir);
       this.definitions.watch(); // listed per request: looked at again only when the folder changes
       this.mediator = new Mediator({

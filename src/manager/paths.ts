@@ -5,7 +5,7 @@
  * `--state-dir` or `MGPU_STATE_DIR` says otherwise; under systemd the unit
  * passes /var/lib/mediated-gpu.
  */
-import { chmodSync, lstatSync, mkdirSync } from "node:fs";
+import { chmodSync, chownSync, lstatSync, mkdirSync } from "node:fs";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { xdgState } from "xdg-basedir";
@@ -39,4 +39,14 @@ export function ensurePrivateDir(dir: string, log?: Logger): void {
   } else if (st.mode & 0o077 && st.uid === process.getuid?.()) {
     log?.warn({ dir, mode: (st.mode & 0o777).toString(8) }, "state directory is open to other users");
   }
+}
+
+/**
+ * With a configured socket group: the directories that hold sockets become
+ * enterable (not listable) by that group, 0710, so its members reach the 0660
+ * sockets and nothing else.
+ */
+export function openDirToGroup(dir: string, gid: number): void {
+  chownSync(dir, -1, gid);
+  chmodSync(dir, 0o710);
 }

@@ -180,3 +180,44 @@ test("a control client that stops reading does not delay a vGPU's trap", async (
   stalled.destroy();
   client.close();
 });
+
+test("--socket-gid: the group may enter the directories (0710) and connect to 0660 sockets", async (t) => {
+  if (!isRoot) {
+    t.skip("needs root to give files to another group and connect as its member (setpriv)");
+    return;
+  }
+  const groupBase = mkdtempSync(join(tmpdir(), "mgpu-group-"));
+  chmodSync(groupBase, 0o755);
+  const groupState = join(groupBase, "state");
+  const d = await startDaemon(groupState, ["--socket-gid", "65534", "--vgpu", "mgpu-1q"], { umask: 0 });
+  try {
+    for (const dir of [groupState, join(groupState, "vgpus")]) {
+      assert.equal(mode(dir), 0o710, dir);
+      assert.equal(statSync(dir).gid, 65534);
+    }
+    assert.equal(mode(join(groupState, "definitions")), 0o700, "definitions stay private");
+    const sockets = [join(groupState, "control.sock"), ...d.vgpus.values()];
+    for (const s of sockets) {
+      assert.equal(mode(s), 0o660, s);
+      assert.equal(statSync(s).gid, 65534);
+    }
+    // A member of the group (not the owner, not root) is let in by the peer check.
+    const script = `
+      const s = require("node:net").createConnection(${JSON.stringify(join(groupState, "control.sock"))});
+      let got = "";
+      s.on("connect", () => s.write(JSON.stringify({ cmd: "list" }) + "\\n"));
+      s.on("data", (b) => { got += b; if (got.includes("\\n")) { console.log(JSON.parse(got).vgpus.length); process.exit(0); } });
+      s.on("error", (e) => { console.log("error " + e.code); process.exit(0); });
+      setTimeout(() => { console.log("no answer"); process.exit(0); }, 5000);`;
+    const r = spawnSync(
+      "/usr/bin/setpriv",
+      ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, "-e", script],
+      { encoding: "utf8", timeout: 20_000 },
+    );
+    assert.equal(r.stdout.trim(), "1", r.stderr);
+  } finally {
+    d.child.kill("SIGTERM");
+    await d.exit;
+    rmSync(groupBase, { recursive: true, force: true });
+  }
+});
