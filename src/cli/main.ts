@@ -238,18 +238,21 @@ program
     print(options.json, r, () => `${String(r.uuid)} ${String(r.socket)}`);
   });
 
-const stopAction = (cmd: "remove" | "stop") => (uuid: string, options: { force?: boolean }) => {
-  const r = daemon({ cmd, uuid, ...(options.force ? { force: true } : {}) });
-  if (r.released === false)
-    console.error(`mgpu: the VMM did not release ${uuid} in time; it was disconnected`);
-};
+/** `remove` and `stop`: both take a running vGPU away, refused while a VMM is attached unless --force. */
+function stoppingCommand(cmd: "remove" | "stop", description: string): void {
+  program
+    .command(cmd)
+    .description(`${description} (refused while a VMM is attached, unless --force)`)
+    .argument("<uuid>", "vGPU UUID", uuidArg)
+    .option("--force", `ask the attached VMM to release it (REQ interrupt), wait a bounded time, then ${cmd}`)
+    .action((uuid: string, options: { force?: boolean }) => {
+      const r = daemon({ cmd, uuid, ...(options.force ? { force: true } : {}) });
+      if (r.released === false)
+        console.error(`mgpu: the VMM did not release ${uuid} in time; it was disconnected`);
+    });
+}
 
-program
-  .command("remove")
-  .description("remove a running vGPU from the daemon (refused while a VMM is attached, unless --force)")
-  .argument("<uuid>", "vGPU UUID", uuidArg)
-  .option("--force", "ask the attached VMM to release it (REQ interrupt), wait a bounded time, then remove")
-  .action(stopAction("remove"));
+stoppingCommand("remove", "remove a running vGPU from the daemon");
 
 program
   .command("define")
@@ -347,12 +350,7 @@ program
   .argument("<uuid>", "vGPU UUID", uuidArg)
   .action((uuid: string) => console.log(String(daemon({ cmd: "start", uuid }).socket)));
 
-program
-  .command("stop")
-  .description("stop a running vGPU, its definition stays (refused while a VMM is attached, unless --force)")
-  .argument("<uuid>", "vGPU UUID", uuidArg)
-  .option("--force", "ask the attached VMM to release it (REQ interrupt), wait a bounded time, then stop")
-  .action(stopAction("stop"));
+stoppingCommand("stop", "stop a running vGPU, its definition stays");
 
 program
   .command("qemu-args")

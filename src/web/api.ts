@@ -90,6 +90,11 @@ const vgpuSchema = {
   },
 } as const;
 
+/** The named properties of a schema's `properties`, for a reply that carries part of an object. */
+function pick<P extends object, K extends keyof P>(properties: P, keys: readonly K[]): Pick<P, K> {
+  return Object.fromEntries(keys.map((k) => [k, properties[k]])) as Pick<P, K>;
+}
+
 const definitionSchema = {
   type: "object",
   required: ["uuid", "type", "autostart"],
@@ -230,15 +235,15 @@ export function registerApi(app: FastifyInstance, ctx: ApiContext): void {
         response: {
           200: {
             type: "object",
-            properties: {
-              uuid: { type: "string" },
-              share: { type: "number" },
-              error: { type: "number" },
-              stats: statsSchema,
-              regionReads: { type: "array", items: { type: "number" } },
-              regionWrites: { type: "array", items: { type: "number" } },
-              display: vgpuSchema.properties.display,
-            },
+            properties: pick(vgpuSchema.properties, [
+              "uuid",
+              "share",
+              "error",
+              "stats",
+              "regionReads",
+              "regionWrites",
+              "display",
+            ]),
           },
           ...errors,
         },
