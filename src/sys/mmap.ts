@@ -1,8 +1,10 @@
 import {
   MAP_ANONYMOUS,
   MAP_FIXED,
+  MAP_NORESERVE,
   MAP_PRIVATE,
   MAP_SHARED,
+  PROT_NONE,
   PROT_READ,
   PROT_WRITE,
   type NativePointer,
@@ -105,5 +107,67 @@ export class Mapping {
     this.record.state = "unmapped";
     collector.unregister(this.record);
     this.view = undefined;
+  }
+}
+
+/**
+ * One contiguous address range assembled from pieces: reserved inaccessible
+ * (PROT_NONE) first, then parts of it replaced in place (MAP_FIXED) by memory
+ * private to this process or by a shared file, e.g. one memfd per slice, so a
+ * single view covers all of them while each file holds only its own piece.
+ * Views of `buffer` stay valid while pieces are swapped underneath them.
+ */
+export class ComposedMapping {
+  readonly buffer: ArrayBuffer;
+  readonly bytes: Uint8Array;
+  readonly address: bigint;
+  private readonly record: MappingRecord;
+
+  private constructor(
+    pointer: NativePointer,
+    readonly length: number,
+  ) {
+    this.buffer = viewNative(pointer, length);
+    this.bytes = new Uint8Array(this.buffer);
+    this.address = addressOf(pointer);
+    this.record = { pointer, length, state: "mapped" };
+    collector.register(this.buffer, this.record, this.record);
+  }
+
+  /** Reserves `length` bytes of address space; nothing in it is accessible until a piece is mapped. */
+  static reserve(length: number): ComposedMapping {
+    if (!Number.isSafeInteger(length) || length <= 0 || length % 4096)
+      throw new SysError("mmap", 22, `bad length ${length}`);
+    const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    const pointer = libc.mmap(null, length, PROT_NONE, flags, -1, 0);
+    if (pointer === null || addressOf(pointer) === 0xffffffffffffffffn) throw new SysError("mmap", errno());
+    return new ComposedMapping(pointer, length);
+  }
+
+  /** Puts zeroed read-write memory private to this process at [offset, offset+length) (no fd reaches it). */
+  mapPrivate(offset: number, length: number): void {
+    this.place(offset, length, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  }
+
+  /** Puts [fdOffset, fdOffset+length) of a file, shared, at [offset, offset+length). */
+  mapFile(offset: number, length: number, fd: number, fdOffset = 0): void {
+    this.place(offset, length, MAP_SHARED, fd, fdOffset);
+  }
+
+  /** Releases the whole range. Only safe if no view of `buffer` is used afterwards. */
+  unmap(): void {
+    if (this.record.state === "unmapped") return;
+    check("munmap", libc.munmap(this.record.pointer, this.length));
+    this.record.state = "unmapped";
+    collector.unregister(this.record);
+  }
+
+  private place(offset: number, length: number, flags: number, fd: number, fdOffset: number): void {
+    if (this.record.state !== "mapped") throw new SysError("mmap(MAP_FIXED)", 22, "range unmapped");
+    if (offset < 0 || length <= 0 || offset % 4096 || length % 4096 || offset + length > this.length)
+      throw new SysError("mmap(MAP_FIXED)", 22, `piece [${offset}, +${length}) outside the range`);
+    const at = this.address + BigInt(offset);
+    const p = mmapAt(at, length, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, fdOffset);
+    if (p === null || addressOf(p) !== at) throw new SysError("mmap(MAP_FIXED)", errno());
   }
 }

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   DatagramSocket,
+  ComposedMapping,
   EventFd,
   Mapping,
   POLLIN,
@@ -14,13 +15,17 @@ import {
   acceptUnix,
   closeFd,
   connectUnix,
+  SIZE_SEALS,
   createMemfd,
+  fdSize,
   isOpenFd,
   listenUnix,
   peerCredentials,
   sendDatagram,
   socketPair,
   tryLockExclusive,
+  memfdSeals,
+  truncateFd,
 } from "./index.js";
 
 function openFdCount(): number {
@@ -145,6 +150,37 @@ test("a revoked mapping reads zeros instead of faulting", () => {
   m.unmap();
   closeFd(fd);
   assert.equal(isOpenFd(fd), false);
+});
+
+test("a size-sealed memfd refuses ftruncate either way; a composed range swaps files in place", () => {
+  const fd = createMemfd("sealed", 8192, { sealSize: true });
+  assert.equal(memfdSeals(fd) & SIZE_SEALS, SIZE_SEALS);
+  assert.throws(
+    () => truncateFd(fd, 0),
+    (e: unknown) => e instanceof SysError && e.code === "EPERM",
+  );
+  assert.throws(
+    () => truncateFd(fd, 1 << 20),
+    (e: unknown) => e instanceof SysError && e.code === "EPERM",
+  );
+  assert.equal(fdSize(fd), 8192);
+
+  const range = ComposedMapping.reserve(4 * 4096);
+  const words = new Uint32Array(range.buffer);
+  range.mapPrivate(0, 4 * 4096);
+  words[0] = 1;
+  range.mapFile(4096, 8192, fd);
+  words[1024] = 0xc0ffee;
+  const file = Mapping.ofFd(fd, 8192);
+  assert.equal(new Uint32Array(file.buffer)[0], 0xc0ffee, "the piece is the file");
+  assert.equal(words[0], 1, "the private page beside it is untouched");
+  range.mapPrivate(4096, 8192);
+  assert.equal(words[1024], 0, "replaced by zeroed private memory");
+  assert.equal(new Uint32Array(file.buffer)[0], 0xc0ffee, "the file keeps its contents");
+  assert.throws(() => range.mapFile(3 * 4096, 8192, fd), SysError, "a piece past the end is refused");
+  file.unmap();
+  range.unmap();
+  closeFd(fd);
 });
 
 test("a non-blocking eventfd reads 0 when unsignalled and the poller sees it once signalled", () => {
