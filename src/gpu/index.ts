@@ -4,7 +4,15 @@
  * encodings, GTT format) is abi/'s; import those from there.
  */
 export { GPU_ID_VALUE, Reg } from "./registers.js";
-export { GraphicsMemory, Gtt, GttFault, LocalMemory, type Run, type SystemMemory } from "./memory.js";
+export {
+  GraphicsMemory,
+  Gtt,
+  GttFault,
+  LocalMemory,
+  type LocalSlice,
+  type Run,
+  type SystemMemory,
+} from "./memory.js";
 export { InterruptController } from "./interrupts.js";
 export { DisplayEngine, type DisplayLimits, type Frame, frameToPng, pngToFrame } from "./display.js";
 export { RenderEngine, type EngineStats } from "./engine.js";

@@ -1,33 +1,86 @@
 /**
- * Graphics memory: the parent's local memory (one memfd, so slices of it can be
- * handed to VMMs to mmap) and the GTT that maps graphics addresses (GMA) to
+ * Graphics memory: the parent's local memory (private memory, with one memfd
+ * per tenant slice that its VMM may mmap) and the GTT that maps graphics addresses (GMA) to
  * local-memory pages or to system-memory (DMA) pages that the owner supplies.
  * The engine reaches memory only through `GraphicsMemory`, which translates in
  * contiguous runs so fills and copies stay on TypedArray fill/copyWithin.
  */
 import { GTT_SYSTEM, GTT_VALID, PAGE_SHIFT, PAGE_SIZE } from "../abi/index.js";
 import { MgpuError } from "../base/index.js";
-import { Mapping, closeFd, createMemfd } from "../sys/index.js";
+import { ComposedMapping, closeFd, createMemfd } from "../sys/index.js";
 import { GpuError } from "./errors.js";
 
-export class LocalMemory {
+/** A piece of local memory backed by its own memfd: what one tenant's VMM may map, and nothing else. */
+export interface LocalSlice {
+  readonly offset: number;
+  readonly size: number;
+  /** A size-sealed memfd holding exactly this slice (mapped at fd offset 0). */
   readonly fd: number;
-  readonly mapping: Mapping;
+}
+
+/**
+ * The parent's local memory: one contiguous range the engine addresses, built
+ * from separate memory objects. Everything starts as memory private to this
+ * process (the host's reserve, the rings and shadow batches in it, unused
+ * space): no fd reaches it. A tenant's slice is its own memfd placed over its
+ * part of the range with MAP_FIXED; the fd is sealed against shrinking and
+ * growing, so a VMM holding it can neither SIGBUS the daemon nor reach past
+ * it. A detached slice turns back into zeroed private memory, and the next
+ * tenant gets a fresh memfd: nothing of the old one is left to see.
+ */
+export class LocalMemory {
+  readonly mapping: ComposedMapping;
   readonly bytes: Uint8Array;
   readonly words: Uint32Array;
+  private readonly slices = new Map<number, LocalSlice>();
 
   constructor(readonly size: number) {
     if (size % PAGE_SIZE !== 0 || size <= 0)
       throw new GpuError("EINVAL", "local memory size must be a positive multiple of 4 KiB");
-    this.fd = createMemfd("mgpu-local-memory", size);
-    this.mapping = Mapping.ofFd(this.fd, size);
+    this.mapping = ComposedMapping.reserve(size);
+    this.mapping.mapPrivate(0, size);
     this.bytes = this.mapping.bytes;
     this.words = new Uint32Array(this.mapping.buffer);
   }
 
+  /** Backs [offset, offset+size) with a fresh, zeroed, size-sealed memfd. */
+  attachSlice(offset: number, size: number): LocalSlice {
+    if (offset < 0 || size <= 0 || offset % PAGE_SIZE || size % PAGE_SIZE || offset + size > this.size)
+      throw new GpuError("EINVAL", `slice [0x${offset.toString(16)}, +0x${size.toString(16)}) invalid`);
+    for (const s of this.slices.values())
+      if (offset < s.offset + s.size && s.offset < offset + size)
+        throw new GpuError("EBUSY", `slice at 0x${offset.toString(16)} overlaps one in use`);
+    const fd = createMemfd(`mgpu-slice-${offset.toString(16)}`, size, { sealSize: true });
+    try {
+      this.mapping.mapFile(offset, size, fd);
+    } catch (e) {
+      closeFd(fd);
+      throw e;
+    }
+    const slice = { offset, size, fd };
+    this.slices.set(offset, slice);
+    return slice;
+  }
+
+  /** The slice that starts at `offset`. */
+  sliceAt(offset: number): LocalSlice {
+    const s = this.slices.get(offset);
+    if (!s) throw new GpuError("ENOENT", `no slice at 0x${offset.toString(16)}`);
+    return s;
+  }
+
+  /** Replaces a slice with zeroed private memory and closes our fd (a VMM's copy keeps only the old pages). */
+  detachSlice(offset: number): void {
+    const s = this.sliceAt(offset);
+    this.mapping.mapPrivate(s.offset, s.size);
+    this.slices.delete(offset);
+    closeFd(s.fd);
+  }
+
   close(): void {
+    for (const s of this.slices.values()) closeFd(s.fd);
+    this.slices.clear();
     this.mapping.unmap();
-    closeFd(this.fd);
   }
 }
 

@@ -88,8 +88,19 @@ export class Mediator {
       throw new MediatorError("ENOSPC", `no graphics memory left for ${t.name}`);
     }
     const id = this.nextId++;
-    const v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger);
-    v.mpt = mpt(v.pci, { forgetGuestPages: () => this.gpu.memory.forgetSystemPages() });
+    let v: Vgpu;
+    let attached = false;
+    try {
+      this.gpu.localMemory.attachSlice(lm, t.localMemory); // a fresh, zeroed, sealed memfd
+      attached = true;
+      v = new Vgpu(id, uuid, t, this.gpu, lm, gm, this.logger);
+      v.mpt = mpt(v.pci, { forgetGuestPages: () => this.gpu.memory.forgetSystemPages() });
+    } catch (e) {
+      if (attached) this.gpu.localMemory.detachSlice(lm);
+      this.local.free(lm);
+      this.graphics.free(gm);
+      throw e;
+    }
     this.vgpus.set(uuid, v);
     this.byId.set(id, v);
     this.scheduler.add(v);
@@ -103,6 +114,7 @@ export class Mediator {
     v.destroy();
     // Its BAR mappings and whatever the VMM left mapped go now, not at some garbage collection.
     v.pci.close();
+    this.gpu.localMemory.detachSlice(v.lmBase);
     this.local.free(v.lmBase);
     this.graphics.free(v.gm.base);
     this.vgpus.delete(uuid);

@@ -2,6 +2,7 @@
  * A vGPU: one PCI function that a stock guest sees as a Bochs display
  * (1234:1111, so the bochs DRM driver binds), assembled from its concerns:
  * - BAR0: its slice of the parent's local memory, an mmap area — never trapped;
+ *   the fd behind it is that slice's own sealed memfd, nothing else;
  * - BAR2: MMIO, every access trapped, a map of register blocks (`Bar2Block`):
  *   the Bochs display's (display.ts), the PV info block (pv-info.ts), the
  *   virtual engine (engine.ts) and interrupts (irq.ts), and its GTT partition
@@ -124,7 +125,7 @@ export class Vgpu {
           size: type.localMemory,
           kind: "mem32",
           prefetchable: true,
-          memory: { fd: gpu.localMemory.fd, fdOffset: lmBase },
+          memory: { fd: gpu.localMemory.sliceAt(lmBase).fd },
         },
         { index: VgpuBar.MMIO, size: BAR2_SIZE, kind: "mem32", handler: trapped },
       ],
