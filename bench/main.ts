@@ -17,6 +17,7 @@ const benches: Record<string, () => Promise<Bench>> = {
   dashboard: async () => (await import("./dashboard.js")).run,
   "protocol-isolation": async () => (await import("./protocol-isolation.js")).run,
   daemon: async () => (await import("./daemon.js")).run,
+  isolation: async () => (await import("./isolation.js")).run,
 };
 
 async function main(): Promise<void> {

@@ -117,6 +117,22 @@ export const EngineStatus = {
   IDLE: 1 << 0,
   ERROR: 1 << 1,
   IN_BATCH: 1 << 2,
+  /**
+   * vGPU only: as much work waits as the vGPU may hold (`QueueLimits`); ring
+   * commands past it stay unscanned, costing the host nothing, until earlier
+   * submissions complete — tail moves meanwhile merge into the last waiting one.
+   */
+  QUEUE_FULL: 1 << 3,
+} as const;
+
+/** What one vGPU may have accepted and not completed (backpressure), and one submission's flattened size. */
+export const QueueLimits = {
+  /** Tail moves waiting to be scanned, and scanned submissions waiting for the engine, each. */
+  SUBMISSIONS: 8,
+  /** Flattened bytes accepted and not yet completed. */
+  BYTES: 8 << 20,
+  /** Most one submission may flatten to (the guest driver's 4 MiB batch); past it: REJECTED | runaway-batch. */
+  SUBMISSION_BYTES: 4 << 20,
 } as const;
 
 /** ENGINE_RESET: writing this bit stops the engine, clears its error and empties the ring. */

@@ -4,9 +4,13 @@
  * batch buffers (chained, and nested one level), and executes MI commands and
  * XY blits over graphics memory.
  *
- * Execution is explicit: `run(budget)` executes up to `budget` commands and
+ * Execution is explicit: `run(budget)` executes up to `budget` steps and
  * returns, so whoever owns the engine (the native driver, or the mediator's
- * scheduler) decides how long it runs. A bad command, a GTT fault or a bad
+ * scheduler) decides how long it runs. A step is one command, or one band of
+ * a blit: blits move at most `bandBytes` per step and resume where they left
+ * off, so no command, however large, holds the engine for more than a band.
+ * The blit in progress is part of the engine context (`saveContext`), so the
+ * owner can preempt mid-blit and resume later, bit-exact. A bad command, a GTT fault or a bad
  * batch nesting stops the engine with an error status and an interrupt; only
  * `reset()` restarts it. Nothing a command stream contains can throw out of it.
  */
@@ -36,11 +40,46 @@ import {
 import type { InterruptController } from "./interrupts.js";
 import { type GraphicsMemory, GttFault } from "./memory.js";
 
+/** Default most bytes one step of a blit writes (a band of rows, or of a linear move). */
+export const DEFAULT_BAND_BYTES = 256 << 10;
+
 export interface EngineStats {
   commands: number;
   blits: number;
   pixels: number;
   batches: number;
+  /** Steps that ran one band of a blit. */
+  bands: number;
+  /** Most bytes written by any single step (never above bandBytes, except a single row wider than it). */
+  longestStepBytes: number;
+}
+
+/** A blit part-way through: what the next band needs (plain numbers, so a context copy is a spread). */
+export interface BlitProgress {
+  readonly fill: boolean;
+  readonly dst: number;
+  readonly src: number;
+  readonly dstPitch: number;
+  readonly srcPitch: number;
+  readonly rowBytes: number;
+  readonly rows: number;
+  /** Rows (or, for a linear move, bytes) done so far. */
+  done: number;
+  /** Whole lines on both sides: one linear range of rows * rowBytes bytes. */
+  readonly linear: boolean;
+  /** Bottom-up (the destination lies after the source). */
+  readonly backwards: boolean;
+  readonly color: number;
+}
+
+/** What a preempted workload needs to resume: its registers and the blit it was in. */
+export interface EngineContext {
+  readonly gpr: Uint32Array;
+  readonly blit: BlitProgress | undefined;
+}
+
+export interface RenderEngineOptions {
+  readonly bandBytes?: number;
 }
 
 export class RenderEngine {
@@ -51,7 +90,16 @@ export class RenderEngine {
   error: number = EngineError.NONE;
   errorAddress = 0;
   readonly gpr = new Uint32Array(GPR_COUNT);
-  readonly stats: EngineStats = { commands: 0, blits: 0, pixels: 0, batches: 0 };
+  readonly stats: EngineStats = {
+    commands: 0,
+    blits: 0,
+    pixels: 0,
+    batches: 0,
+    bands: 0,
+    longestStepBytes: 0,
+  };
+  readonly bandBytes: number;
+  private blit: BlitProgress | undefined;
   /** 0: ring, 1: first-level batch, 2: second-level batch. */
   private level = 0;
   private batchPc = 0;
@@ -62,7 +110,10 @@ export class RenderEngine {
   constructor(
     private readonly memory: GraphicsMemory,
     private readonly interrupts: InterruptController,
-  ) {}
+    options: RenderEngineOptions = {},
+  ) {
+    this.bandBytes = Math.max(4096, options.bandBytes ?? DEFAULT_BAND_BYTES);
+  }
 
   get ringSize(): number {
     return RingCtl.lengthPages(this.ringCtl) * 4096;
@@ -71,7 +122,9 @@ export class RenderEngine {
   get idle(): boolean {
     return (
       this.error !== EngineError.NONE ||
-      (this.level === 0 && (this.ringHead === this.ringTail || !(this.ringCtl & RingCtl.ENABLE)))
+      (this.blit === undefined &&
+        this.level === 0 &&
+        (this.ringHead === this.ringTail || !(this.ringCtl & RingCtl.ENABLE)))
     );
   }
 
@@ -81,6 +134,17 @@ export class RenderEngine {
       (this.error !== EngineError.NONE ? EngineStatus.ERROR : 0) |
       (this.level > 0 ? EngineStatus.IN_BATCH : 0)
     );
+  }
+
+  /** A copy of what a preempted workload needs to resume: GPRs and the blit in progress. */
+  saveContext(): EngineContext {
+    return { gpr: this.gpr.slice(), blit: this.blit ? { ...this.blit } : undefined };
+  }
+
+  /** Loads a saved context (after reset, before the workload's commands are resubmitted). */
+  restoreContext(context: EngineContext): void {
+    this.gpr.set(context.gpr);
+    this.blit = context.blit ? { ...context.blit } : undefined;
   }
 
   get batchAddress(): number {
@@ -94,16 +158,22 @@ export class RenderEngine {
     this.level = 0;
     this.batchPc = 0;
     this.returnPc = 0;
+    this.blit = undefined;
     this.ringHead = this.ringTail;
     this.gpr.fill(0);
   }
 
-  /** Runs up to `budget` commands; returns the number executed. */
-  run(budget: number): number {
+  /**
+   * Runs up to `budget` steps, and stops early once the steps have written
+   * `byteBudget` bytes; returns the number of steps executed.
+   */
+  run(budget: number, byteBudget = Infinity): number {
     let executed = 0;
+    const pixels0 = this.stats.pixels;
     while (executed < budget && !this.idle) {
       if (!this.step()) break;
       executed++;
+      if ((this.stats.pixels - pixels0) * 4 >= byteBudget) break;
     }
     if (executed > 0 && this.idle && this.error === EngineError.NONE) this.interrupts.raise(Irq.IDLE);
     return executed;
@@ -125,8 +195,16 @@ export class RenderEngine {
     return false;
   }
 
-  /** Fetches and executes one command. */
+  /** Runs the next band of the blit in progress, or fetches and executes one command. */
   private step(): boolean {
+    if (this.blit) {
+      try {
+        return this.band(this.blit);
+      } catch (e) {
+        if (e instanceof GttFault) return this.fail(EngineError.GTT_FAULT, e.gma);
+        throw e;
+      }
+    }
     if (this.level === 0 && !(this.ringCtl & RingCtl.ENABLE))
       return this.fail(EngineError.RING_DISABLED, this.ringStart);
     const fromRing = this.level === 0;
@@ -249,14 +327,19 @@ export class RenderEngine {
     const color = c[6]!;
     const width = x2 - x1;
     this.stats.blits++;
-    this.stats.pixels += width * (y2 - y1);
-    if (width * 4 === pitch) {
-      // Whole lines: one linear fill.
-      this.memory.fill32(base + y1 * pitch, width * (y2 - y1), color);
-      return true;
-    }
-    for (let y = y1; y < y2; y++) this.memory.fill32(base + y * pitch + x1 * 4, width, color);
-    return true;
+    return this.band({
+      fill: true,
+      dst: base + y1 * pitch + x1 * 4,
+      src: 0,
+      dstPitch: pitch,
+      srcPitch: 0,
+      rowBytes: width * 4,
+      rows: y2 - y1,
+      done: 0,
+      linear: width * 4 === pitch, // whole lines: one linear fill
+      backwards: false,
+      color,
+    });
   }
 
   private srcCopyBlt(): boolean {
@@ -293,22 +376,66 @@ export class RenderEngine {
     const dst = c[4]! + c[5]! * 0x100000000;
     const src = c[8]! + c[9]! * 0x100000000;
     this.stats.blits++;
-    this.stats.pixels += width * height;
     const rowBytes = width * 4;
     const dstRow0 = dst + dy1 * dstPitch + dx1 * 4;
     const srcRow0 = src + sy * srcPitch + sx * 4;
-    if (dstPitch === srcPitch && rowBytes === dstPitch) {
-      // Whole lines on both sides: one linear, overlap-safe move.
-      this.memory.copy(dstRow0, srcRow0, rowBytes * height);
-      return true;
+    return this.band({
+      fill: false,
+      dst: dstRow0,
+      src: srcRow0,
+      dstPitch,
+      srcPitch,
+      rowBytes,
+      rows: height,
+      done: 0,
+      // Whole lines on both sides: one linear, overlap-safe move (in bands, in the same direction).
+      linear: dstPitch === srcPitch && rowBytes === dstPitch,
+      // Overlap-safe order: bottom-up when the destination lies after the source.
+      backwards: dstRow0 > srcRow0,
+      color: 0,
+    });
+  }
+
+  /**
+   * One step of a blit: at most bandBytes (whole rows, or a piece of a linear
+   * move), in the blit's overlap-safe direction, so running it in bands gives
+   * exactly what running it at once would. Keeps the progress for the next step.
+   */
+  private band(b: BlitProgress): boolean {
+    this.blit = b;
+    this.stats.bands++;
+    let written: number;
+    try {
+      written = b.linear ? this.linearBand(b) : this.rowBand(b);
+    } catch (e) {
+      this.blit = undefined;
+      throw e;
     }
-    // Overlap-safe row order: bottom-up when the destination lies after the source.
-    const backwards = dstRow0 > srcRow0;
-    for (let i = 0; i < height; i++) {
-      const row = backwards ? height - 1 - i : i;
-      this.memory.copy(dstRow0 + row * dstPitch, srcRow0 + row * srcPitch, rowBytes);
-    }
+    if (written > this.stats.longestStepBytes) this.stats.longestStepBytes = written;
+    this.stats.pixels += written / 4;
+    if (b.done >= (b.linear ? b.rows * b.rowBytes : b.rows)) this.blit = undefined;
     return true;
+  }
+
+  private linearBand(b: BlitProgress): number {
+    const total = b.rows * b.rowBytes;
+    const n = Math.min(this.bandBytes, total - b.done);
+    const at = b.backwards ? total - b.done - n : b.done;
+    if (b.fill) this.memory.fill32(b.dst + at, n / 4, b.color);
+    else this.memory.copy(b.dst + at, b.src + at, n);
+    b.done += n;
+    return n;
+  }
+
+  private rowBand(b: BlitProgress): number {
+    const rows = Math.min(b.rows - b.done, Math.max(1, Math.floor(this.bandBytes / b.rowBytes)));
+    for (let i = 0; i < rows; i++) {
+      const row = b.backwards ? b.rows - 1 - (b.done + i) : b.done + i;
+      if (b.fill) this.memory.fill32(b.dst + row * b.dstPitch, b.rowBytes / 4, b.color);
+      else this.memory.copy(b.dst + row * b.dstPitch, b.src + row * b.srcPitch, b.rowBytes);
+    }
+    b.done += rows;
+    return rows * b.rowBytes;
   }
 }
 

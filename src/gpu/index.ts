@@ -15,7 +15,14 @@ export {
 } from "./memory.js";
 export { InterruptController } from "./interrupts.js";
 export { DisplayEngine, type DisplayLimits, type Frame, frameToPng, pngToFrame } from "./display.js";
-export { RenderEngine, type EngineStats } from "./engine.js";
+export {
+  DEFAULT_BAND_BYTES,
+  RenderEngine,
+  type BlitProgress,
+  type EngineContext,
+  type EngineStats,
+  type RenderEngineOptions,
+} from "./engine.js";
 export {
   SoftwareGpu,
   type ParentGpu,

@@ -152,6 +152,7 @@ export class GraphicsMemory {
   private readonly run: Run = { bytes: new Uint8Array(0), offset: 0, length: 0, local: true };
   private readonly scratch = new Uint8Array(8);
   private readonly scratchView = new DataView(this.scratch.buffer);
+  private staging = new Uint8Array(0);
 
   constructor(
     readonly local: LocalMemory,
@@ -288,8 +289,9 @@ export class GraphicsMemory {
       this.local.bytes.copyWithin(d.offset, sOffset, sOffset + length);
       return;
     }
-    // Scattered or system memory: stage through a buffer, which is overlap-safe.
-    const staged = new Uint8Array(length);
+    // Scattered or system memory: stage through a buffer, which is overlap-safe (kept: copies are a band at most).
+    if (this.staging.length < length) this.staging = new Uint8Array(Math.max(length, 64 << 10));
+    const staged = this.staging.subarray(0, length);
     this.readBytes(src, staged);
     this.writeBytes(dst, staged);
   }

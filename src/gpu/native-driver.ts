@@ -20,6 +20,7 @@ import {
 } from "../abi/index.js";
 import { MgpuError } from "../base/index.js";
 import { GpuError } from "./errors.js";
+import type { EngineContext } from "./engine.js";
 import type { ParentGpu } from "./parent-gpu.js";
 import { Reg } from "./registers.js";
 
@@ -123,9 +124,35 @@ export class NativeDriver {
 
   // ---- for a scheduler that drives the engine itself (`scheduled`) ----------
 
-  /** Runs the engine for up to `budget` commands; returns those run. */
-  advance(budget: number): number {
-    return this.gpu.runEngine(budget);
+  /** Runs the engine for up to `budget` steps (and about `byteBudget` bytes of blits); returns those run. */
+  advance(budget: number, byteBudget?: number): number {
+    return this.gpu.runEngine(budget, byteBudget);
+  }
+
+  /** Most bytes one engine step writes (a band of a blit). */
+  get bandBytes(): number {
+    return this.gpu.engine.bandBytes;
+  }
+
+  /** Dwords of the batch from the last submitBatch the engine has gone past (0 before it started it). */
+  get batchProgress(): number {
+    const pc = this.gpu.mmioRead(Reg.BB_ADDR);
+    return pc === 0 ? 0 : (pc - this.batchGma) / 4;
+  }
+
+  /**
+   * Takes the running work off the engine, keeping what it needs to go on:
+   * its GPRs and the blit in progress. The engine is reset (empty ring).
+   */
+  suspend(): EngineContext {
+    const context = this.gpu.engine.saveContext();
+    this.resetEngine();
+    return context;
+  }
+
+  /** Loads a suspended context back (after submitting what is left of its commands). */
+  resume(context: EngineContext): void {
+    this.gpu.engine.restoreContext(context);
   }
 
   get idle(): boolean {

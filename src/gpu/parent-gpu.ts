@@ -17,6 +17,8 @@ export interface ParentGpuOptions {
   readonly gttEntries?: number;
   readonly maxWidth?: number;
   readonly maxHeight?: number;
+  /** Most bytes one engine step (a band of a blit) writes; default DEFAULT_BAND_BYTES. */
+  readonly bandBytes?: number;
 }
 
 export interface ParentGpu {
@@ -29,7 +31,7 @@ export interface ParentGpu {
   /** Run the engine as soon as the ring tail moves (off when a scheduler drives it). */
   autoRun: boolean;
   /** Gives the engine time for up to `budget` commands (what autoRun does by itself); returns those run. */
-  runEngine(budget: number): number;
+  runEngine(budget: number, byteBudget?: number): number;
   /** 32-bit MMIO (DISPI registers answer 16-bit accesses too). */
   mmioRead(offset: number, size?: 2 | 4): number;
   mmioWrite(offset: number, value: number, size?: 2 | 4): void;
@@ -69,7 +71,11 @@ export class SoftwareGpu implements ParentGpu {
     this.localMemory = new LocalMemory(options.localMemorySize ?? DEFAULT_LOCAL_MEMORY);
     this.gtt = new Gtt(options.gttEntries ?? DEFAULT_GTT_ENTRIES);
     this.memory = new GraphicsMemory(this.localMemory, this.gtt);
-    this.engine = new RenderEngine(this.memory, this.interrupts);
+    this.engine = new RenderEngine(
+      this.memory,
+      this.interrupts,
+      options.bandBytes !== undefined ? { bandBytes: options.bandBytes } : {},
+    );
     this.display = new DisplayEngine({
       maxWidth: options.maxWidth ?? 2560,
       maxHeight: options.maxHeight ?? 1600,
@@ -82,8 +88,8 @@ export class SoftwareGpu implements ParentGpu {
     this.memory.setSystemMemory(memory);
   }
 
-  runEngine(budget: number): number {
-    return this.engine.run(budget);
+  runEngine(budget: number, byteBudget?: number): number {
+    return this.engine.run(budget, byteBudget);
   }
 
   mmioRead(offset: number, size: 2 | 4 = 4): number {

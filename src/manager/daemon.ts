@@ -108,7 +108,11 @@ export class Daemon {
       this.mediator = new Mediator({
         mpt: (device, hooks) => new VfioUserMpt(device, hooks),
         logger: this.log,
-        ...(options.watchdogMs ? { scheduler: { timeBudgetMs: options.watchdogMs } } : {}),
+        scheduler: {
+          ...(options.watchdogMs ? { timeBudgetMs: options.watchdogMs } : {}),
+          // Engine slices and scanning end early when a client's message is waiting.
+          yieldTo: () => this.server.inputPending(),
+        },
       });
       this.server = new Server(undefined, {
         logger: this.log,
@@ -274,7 +278,12 @@ export class Daemon {
         };
       case "list":
       case "stats":
-        return this.listing(true);
+        return {
+          ...this.listing(true),
+          engine: this.mediator.gpu.engine.stats,
+          bandBytes: this.mediator.gpu.engine.bandBytes,
+          scheduler: this.mediator.scheduler.stats,
+        };
       case "create":
         return this.start(String(req.type), typeof req.uuid === "string" ? req.uuid : undefined);
       case "start": {

@@ -9,10 +9,13 @@ import {
   MI_BATCH_BUFFER_END,
   MI_NOOP,
   MI_USER_INTERRUPT,
+  PAGE_SIZE,
   PV_MAGIC,
   PvInfo,
   type ScanRejection,
   VgpuBar,
+  type Workload,
+  encodeOps,
   gttEntry,
   miBatchBufferStart,
   miLoadRegisterImm,
@@ -28,10 +31,11 @@ import {
   NativeDriver,
   Reg,
   SoftwareGpu,
+  desktopFrame,
 } from "../gpu/index.js";
 import { GuestDriver } from "../guest/index.js";
 import { DirectBus } from "../../test/support/direct-bus.js";
-import { Mediator, MediatorError } from "./mediator.js";
+import { MAX_VGPU_ID, Mediator, MediatorError } from "./mediator.js";
 import { ScanError, Scanner } from "./scanner.js";
 import type { Mpt } from "../hypervisor/mpt.js";
 import { quietLogger } from "../base/index.js";
@@ -210,5 +214,181 @@ test("BAR2 is a map of register blocks: each answers at its offsets, gaps read z
   bus.mmioWrite(VgpuBar.MMIO, 0x1000, 4, 1);
   assert.deepEqual(warnings, ["unknown vGPU register", "unknown vGPU register"]);
   assert.equal(v.stats.traps, 14);
+  gpu.close();
+});
+
+test("workloads preempted mid-blit and resumed later render bit-exact against the native driver", () => {
+  const gpu = new SoftwareGpu({ localMemorySize: 256 << 20, bandBytes: 64 << 10 });
+  // One look at the clock per engine run: every slice is a band or a few commands, then another vGPU.
+  let ticks = 0;
+  const m = new Mediator({
+    gpu,
+    mpt: () => noGuest,
+    logger: quiet,
+    scheduler: { clock: () => ticks++, timeBudgetMs: 1e9 },
+  });
+  const vgpus = [m.create("mgpu-1q"), m.create("mgpu-2q"), m.create("mgpu-2q")];
+  const drivers = vgpus.map((v) => {
+    const d = new GuestDriver(new DirectBus(v.pci, () => m.scheduler.tick()));
+    d.slots = 4;
+    d.init();
+    return d;
+  });
+  const surfaces = drivers.map((d) => d.prepare(desktopFrame(1), true));
+  const seeds = [2, 3, 4, 5, 6, 7];
+  for (const seed of seeds)
+    drivers.forEach((d, i) => d.enqueue(encodeOps(desktopFrame(seed + i).ops, surfaces[i]!)));
+  for (const d of drivers) d.drain();
+  assert.ok(m.scheduler.stats.preemptions > 100, `${m.scheduler.stats.preemptions} preemptions`);
+  assert.ok(gpu.engine.stats.longestStepBytes <= gpu.engine.bandBytes);
+  vgpus.forEach((v, i) => {
+    assert.equal(v.error, 0);
+    drivers[i]!.modeSet(surfaces[i]!.screen!);
+    assert.deepEqual(
+      v.scanout().rgba,
+      nativeFrame(
+        desktopFrame(1),
+        seeds.map((s) => s + i),
+      ),
+      `vGPU ${i}`,
+    );
+  });
+  gpu.close();
+});
+
+/** The frame a native driver draws: setup of `w`, then the ops of the desktop frames with `seeds`. */
+function nativeFrame(w: Workload, seeds: readonly number[]): Uint8Array {
+  const gpu = new SoftwareGpu({ localMemorySize: 64 << 20, gttEntries: 16 << 10 });
+  const drv = new NativeDriver(gpu, { size: 48 << 20 });
+  const s = drv.prepare(w);
+  for (const seed of seeds) drv.submitBatch(encodeOps(desktopFrame(seed).ops, s));
+  drv.modeSet(s[w.output]!);
+  const rgba = gpu.scanout().rgba;
+  gpu.close();
+  return rgba;
+}
+
+test("owner tags cannot alias: past 65,536 creations a new vGPU's fill lands in its own guest page, never the victim's", () => {
+  const gpu = new SoftwareGpu({ localMemorySize: 48 << 20, gttEntries: 16 << 10 });
+  const tiny = {
+    name: "tiny",
+    description: "test type: room for the guest driver's ring and batch",
+    localMemory: 8 << 20,
+    graphicsMemory: 8 << 20,
+    maxWidth: 64,
+    maxHeight: 64,
+    weight: 1,
+  };
+  const pages = new Map<string, Uint8Array>();
+  const guestOf = (name: string): Mpt => ({
+    ...noGuest,
+    mapGuestPage: (gpa) => (gpa === 0x10000n ? pages.get(name) : undefined),
+  });
+  const m = new Mediator({ gpu, mpt: () => noGuest, types: [tiny], hostReserve: 16 << 20, logger: quiet });
+  pages.set("victim", new Uint8Array(PAGE_SIZE).fill(0x5a));
+  const victim = m.create("tiny", undefined, () => guestOf("victim"));
+  const before = Buffer.from(pages.get("victim")!).toString("hex");
+  const ids = new Set<number>();
+  // With ids never reused, the 65,537th creation (the hostile one below) got id 65,537: tag 1 << 16 after
+  // the 32-bit shift, the victim's.
+  const creations = 65_535;
+  for (let i = 0; i < creations; i++) {
+    const v = m.create("tiny");
+    ids.add(v.id);
+    m.remove(v.uuid);
+  }
+  // The next tenant maps guest frame 0x10000 (its own) and fills it through the engine.
+  pages.set("hostile", new Uint8Array(PAGE_SIZE));
+  const hostile = m.create("tiny", undefined, () => guestOf("hostile"));
+  const d = new GuestDriver(new DirectBus(hostile.pci, () => m.scheduler.drain()));
+  d.init();
+  const index = d.partition.gmSize / PAGE_SIZE - 1;
+  d.writeGtt(index, 0x10000, true);
+  d.execute(
+    xyColorBlt(
+      d.partition.gmBase + index * PAGE_SIZE,
+      4096,
+      { x: 0, y: 0, width: 1024, height: 1 },
+      0xf111f111,
+    ),
+  );
+  assert.ok(
+    new Uint32Array(pages.get("hostile")!.buffer).every((w) => w === 0xf111f111),
+    "its own page",
+  );
+  assert.equal(Buffer.from(pages.get("victim")!).toString("hex"), before, "the victim's page is untouched");
+  const most = Math.max(...ids, hostile.id);
+  assert.ok(most <= MAX_VGPU_ID && !ids.has(victim.id), `${ids.size} ids used, up to ${most}`);
+  gpu.close();
+});
+
+/** Starts `cmds` as a batch in the vGPU's own memory without waiting (the guest driver's execute waits). */
+function startBatch(d: GuestDriver, fb: Uint8Array, cmds: readonly number[]): void {
+  const batch = d.alloc((cmds.length + 1) * 4);
+  new Uint32Array(fb.buffer, fb.byteOffset + (batch - d.partition.gmBase), cmds.length + 1).set([
+    ...cmds,
+    MI_BATCH_BUFFER_END,
+  ]);
+  d.submit([...miBatchBufferStart(batch), MI_USER_INTERRUPT]);
+}
+
+const PATTERN = 0x7e57e57e;
+
+/** A tenant with a long fill of PATTERN on the engine part-way, and more queued behind it. */
+function busyTenant(m: Mediator) {
+  const v = m.create("mgpu-1q");
+  const d = new GuestDriver(new DirectBus(v.pci, () => m.scheduler.drain()));
+  d.init();
+  const fb = v.pci.barMemory(0);
+  const s = d.allocSurface(1024, 1024);
+  const fills = Array.from({ length: 40 }, () =>
+    xyColorBlt(s.gma, s.pitch, { x: 0, y: 0, width: 1024, height: 1024 }, PATTERN),
+  ).flat();
+  startBatch(d, fb, fills);
+  startBatch(d, fb, fills);
+  for (let i = 0; i < 3; i++) m.scheduler.tick();
+  assert.ok(m.scheduler.pending, "work still running and queued");
+  return { v, d, fb, s };
+}
+
+const holds = (bytes: Uint8Array, word: number) =>
+  new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4).includes(word);
+
+test("removal, engine reset and FLR drop running and queued work first: nothing of it lands afterwards", () => {
+  const gpu = new SoftwareGpu({ localMemorySize: 128 << 20 });
+  const m = new Mediator({ gpu, mpt: () => noGuest, logger: quiet });
+
+  // Removal: the next tenant gets the same slice and partition, zeroed, and none of the old work runs into it.
+  const old = busyTenant(m);
+  const { lmBase, gm } = old.v;
+  m.remove(old.v.uuid);
+  const next = m.create("mgpu-1q");
+  assert.equal(next.lmBase, lmBase, "same slice");
+  assert.equal(next.gm.base, gm.base, "same partition");
+  m.scheduler.drain();
+  assert.ok(!holds(next.localMemory, PATTERN), "the removed tenant's pattern never appears");
+  assert.ok(
+    next.localMemory.every((b) => b === 0),
+    "the slice came zeroed",
+  );
+  const first = gm.base / PAGE_SIZE;
+  assert.ok(
+    gpu.gtt.lo.subarray(first, first + gm.size / PAGE_SIZE).every((e) => e === 0),
+    "GTT partition clear",
+  );
+  assert.equal(next.pending || next.engine.scanPending, false);
+  m.remove(next.uuid);
+
+  // Engine reset and FLR: once they return, nothing queued or running before them writes anything.
+  for (const how of ["engine reset", "FLR"] as const) {
+    const t = busyTenant(m);
+    if (how === "engine reset") t.d.recover();
+    else t.v.pci.reset();
+    t.fb.fill(0);
+    m.scheduler.drain();
+    assert.ok(!holds(t.fb, PATTERN), `no work from before the ${how} ran after it`);
+    assert.equal(t.v.pending || t.v.engine.scanPending, false);
+    m.remove(t.v.uuid);
+  }
   gpu.close();
 });

@@ -9,7 +9,7 @@ import { PAGE_SIZE } from "../abi/index.js";
 import { type ParentGpu, SoftwareGpu } from "../gpu/index.js";
 import type { MptFactory } from "../hypervisor/mpt.js";
 import { type Logger, MgpuError, defaultLogger } from "../base/index.js";
-import { RangePool } from "./pool.js";
+import { IdPool, RangePool } from "./pool.js";
 import { Scheduler, type SchedulerOptions } from "./scheduler.js";
 import { type VgpuType, defaultTypes } from "./types.js";
 import { Vgpu } from "./vgpu/index.js";
@@ -25,6 +25,9 @@ export interface MediatorOptions {
   readonly logger?: Logger;
 }
 
+/** Ids live in 16 bits of a GTT entry: at most this many vGPUs at once; removed ids are reused. */
+export const MAX_VGPU_ID = 0xffff;
+
 export class MediatorError extends MgpuError<"ENOTYPE" | "ENOSPC" | "EEXIST" | "ENOENT"> {}
 
 export class Mediator {
@@ -35,7 +38,8 @@ export class Mediator {
   private readonly graphics: RangePool;
   private readonly vgpus = new Map<string, Vgpu>();
   private readonly byId = new Map<number, Vgpu>();
-  private nextId = 1;
+  /** Owner tags: a shadowed system GTT entry carries its vGPU's id in the 16 bits above bit 48. */
+  private readonly ids = new IdPool(1, MAX_VGPU_ID);
   private readonly logger: Logger;
   private readonly mptFactory: MptFactory;
 
@@ -87,7 +91,12 @@ export class Mediator {
       this.local.free(lm);
       throw new MediatorError("ENOSPC", `no graphics memory left for ${t.name}`);
     }
-    const id = this.nextId++;
+    const id = this.ids.alloc();
+    if (id === undefined) {
+      this.local.free(lm);
+      this.graphics.free(gm);
+      throw new MediatorError("ENOSPC", `all ${MAX_VGPU_ID} vGPU ids are in use`);
+    }
     let v: Vgpu;
     let attached = false;
     try {
@@ -99,6 +108,7 @@ export class Mediator {
       if (attached) this.gpu.localMemory.detachSlice(lm);
       this.local.free(lm);
       this.graphics.free(gm);
+      this.ids.free(id);
       throw e;
     }
     this.vgpus.set(uuid, v);
@@ -119,6 +129,7 @@ export class Mediator {
     this.graphics.free(v.gm.base);
     this.vgpus.delete(uuid);
     this.byId.delete(v.id);
+    this.ids.free(v.id); // only now: nothing of the old owner is left in the GTT or on the engine
   }
 
   get(uuid: string): Vgpu | undefined {

@@ -39,3 +39,43 @@ export class RangePool {
     return n;
   }
 }
+
+/**
+ * Bounded, reusable small integers (vGPU ids): an id is handed out again only
+ * after it was freed, and never exceeds `max`, so it always fits the bits that
+ * carry it (the owner tag of a shadowed system GTT entry).
+ */
+export class IdPool {
+  private next: number;
+  private readonly freed: number[] = [];
+  private readonly used = new Set<number>();
+
+  constructor(
+    readonly first: number,
+    readonly max: number,
+  ) {
+    this.next = first;
+  }
+
+  /** The lowest freed id, or a new one; undefined when all are in use. */
+  alloc(): number | undefined {
+    let id: number | undefined;
+    if (this.freed.length > 0) {
+      // Lowest first keeps ids small and reuse predictable (freed is kept sorted descending).
+      id = this.freed.pop()!;
+    } else if (this.next <= this.max) id = this.next++;
+    if (id !== undefined) this.used.add(id);
+    return id;
+  }
+
+  free(id: number): void {
+    if (!this.used.delete(id)) return;
+    let i = this.freed.length;
+    while (i > 0 && this.freed[i - 1]! < id) i--;
+    this.freed.splice(i, 0, id);
+  }
+
+  get inUse(): number {
+    return this.used.size;
+  }
+}

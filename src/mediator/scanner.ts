@@ -15,6 +15,7 @@ import {
   Commands,
   type CommandSpec,
   MAX_COMMAND_DWORDS,
+  QueueLimits,
   type ScanRejection,
   address64,
   bltPitch,
@@ -50,9 +51,15 @@ export interface ScanLimits {
   readonly maxCommands: number;
   /** Most batch-buffer starts followed in one submission. */
   readonly maxBatchJumps: number;
+  /** Most flattened bytes one submission may produce (what the daemon holds for it). */
+  readonly maxBytes?: number;
 }
 
-export const defaultScanLimits: ScanLimits = { maxCommands: 1 << 16, maxBatchJumps: 256 };
+export const defaultScanLimits: ScanLimits = {
+  maxCommands: 1 << 16,
+  maxBatchJumps: 256,
+  maxBytes: QueueLimits.SUBMISSION_BYTES,
+};
 
 export interface ScanResult {
   /** The flattened, checked commands (no batch starts or ends): a copy the guest cannot reach. */
@@ -61,101 +68,143 @@ export interface ScanResult {
   readonly bytesScanned: number;
 }
 
-export class Scanner {
-  private readonly cmd = new Uint32Array(MAX_COMMAND_DWORDS);
+/**
+ * One submission being scanned, resumable: `step(budget)` scans about
+ * `budget` bytes of commands and returns the result once the tail is reached,
+ * so a long submission is scanned across several loop rounds while other
+ * tenants' traps are served in between. Each command is checked on the copy
+ * that will run, so nothing the guest changes between steps can slip through.
+ */
+export class ScanJob {
+  /** Where the flattened commands go: grown by doubling (up to the limit), handed over without a copy. */
+  private out = new Uint32Array(4096);
+  private n = 0;
+  private count = 0;
+  private bytes = 0;
+  private jumps = 0;
+  private level = 0;
+  private pc = 0;
+  private returnPc = 0;
+  private pos: number;
 
   constructor(
-    private readonly memory: GraphicsMemory,
-    private readonly partition: Partition,
-    private readonly limits: ScanLimits = defaultScanLimits,
-  ) {}
+    private readonly scanner: Scanner,
+    readonly start: number,
+    readonly size: number,
+    head: number,
+    readonly tail: number,
+  ) {
+    scanner.checkRange(start, size, start);
+    this.pos = head;
+  }
 
-  /** Scans the ring from head to tail (byte offsets in a ring of `size` bytes at `start`). */
-  scanRing(start: number, size: number, head: number, tail: number): ScanResult {
-    this.checkRange(start, size, start);
-    let out = new Uint32Array(1024);
-    let n = 0;
-    let count = 0;
-    let bytes = 0;
-    let jumps = 0;
-    let level = 0;
-    let pc = 0;
-    let returnPc = 0;
-    let pos = head;
+  get bytesScanned(): number {
+    return this.bytes;
+  }
+
+  /** Scans until the tail or until `budget` more bytes were read; the result when done. Throws ScanError. */
+  step(budget = Infinity): ScanResult | undefined {
+    const { scanner, start, size, tail } = this;
+    const memory = scanner.memory;
+    const limits = scanner.limits;
+    const maxWords = (limits.maxBytes ?? Infinity) / 4;
+    const cmd = scanner.cmd;
+    const stop = this.bytes + budget;
     try {
-      while (level > 0 || pos !== tail) {
-        const fromRing = level === 0;
-        const address = fromRing ? start + pos : pc;
-        if (!fromRing) this.checkRange(pc, 4, pc);
-        const dw0 = this.memory.read32(address);
+      while (this.level > 0 || this.pos !== tail) {
+        if (this.bytes >= stop) return undefined;
+        const fromRing = this.level === 0;
+        const pc = this.pc;
+        const address = fromRing ? start + this.pos : pc;
+        if (!fromRing) scanner.checkRange(pc, 4, pc);
+        const dw0 = memory.read32(address);
         const spec = decodeCommand(dw0);
-        if (spec === undefined) throw new ScanError(this.unknownKind(dw0), address);
+        if (spec === undefined) throw new ScanError(scanner.unknownKind(dw0), address);
         const len = commandLength(spec, dw0);
-        if (len > this.cmd.length) throw new ScanError("malformed-command", address);
+        if (len > cmd.length) throw new ScanError("malformed-command", address);
         if (fromRing) {
-          const available = (tail - pos + size) % size;
+          const available = (tail - this.pos + size) % size;
           if (len * 4 > available) throw new ScanError("malformed-command", address);
-        } else this.checkRange(pc, len * 4, pc);
+        } else scanner.checkRange(pc, len * 4, pc);
         for (let i = 0; i < len; i++)
-          this.cmd[i] = fromRing
-            ? this.memory.read32(start + ((pos + i * 4) % size))
-            : this.memory.read32(pc + i * 4);
-        if (fromRing) pos = (pos + len * 4) % size;
-        else pc += len * 4;
-        if (++count > this.limits.maxCommands) throw new ScanError("runaway-batch", address);
-        bytes += len * 4;
-        this.check(spec, len, address);
+          cmd[i] = fromRing ? memory.read32(start + ((this.pos + i * 4) % size)) : memory.read32(pc + i * 4);
+        if (fromRing) this.pos = (this.pos + len * 4) % size;
+        else this.pc += len * 4;
+        if (++this.count > limits.maxCommands) throw new ScanError("runaway-batch", address);
+        this.bytes += len * 4;
+        scanner.check(spec, len, address);
 
         if (spec === Commands.BATCH_BUFFER_START) {
-          const target = address64(this.cmd[1]!, this.cmd[2]!);
-          this.checkRange(target, 4, address);
-          if (++jumps > this.limits.maxBatchJumps) throw new ScanError("runaway-batch", address);
+          const target = address64(cmd[1]!, cmd[2]!);
+          scanner.checkRange(target, 4, address);
+          if (++this.jumps > limits.maxBatchJumps) throw new ScanError("runaway-batch", address);
           const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
-          if (level === 0) level = 1;
+          if (this.level === 0) this.level = 1;
           else if (nested) {
-            if (level === 2) throw new ScanError("batch-nesting", address);
-            returnPc = pc;
-            level = 2;
+            if (this.level === 2) throw new ScanError("batch-nesting", address);
+            this.returnPc = this.pc;
+            this.level = 2;
           }
-          pc = target;
+          this.pc = target;
           continue;
         }
         if (spec === Commands.BATCH_BUFFER_END) {
-          if (level === 2) {
-            level = 1;
-            pc = returnPc;
-          } else if (level === 1) level = 0;
+          if (this.level === 2) {
+            this.level = 1;
+            this.pc = this.returnPc;
+          } else if (this.level === 1) this.level = 0;
           continue;
         }
-        if (n + len > out.length) {
-          const grown = new Uint32Array(out.length * 2 + len);
-          grown.set(out.subarray(0, n));
-          out = grown;
+        if (this.n + len > maxWords) throw new ScanError("runaway-batch", address);
+        if (this.n + len > this.out.length) {
+          const grown = new Uint32Array(Math.min(this.out.length * 2 + len, Math.ceil(maxWords)));
+          grown.set(this.out.subarray(0, this.n));
+          this.out = grown;
         }
-        if (len === 1) out[n] = dw0;
-        else out.set(this.cmd.subarray(0, len), n);
-        n += len;
+        if (len === 1) this.out[this.n] = dw0;
+        else this.out.set(cmd.subarray(0, len), this.n);
+        this.n += len;
       }
     } catch (e) {
       if (e instanceof GttFault) throw new ScanError("gtt-fault", e.gma);
       throw e;
     }
-    return { commands: out.subarray(0, n), count, bytesScanned: bytes };
+    return { commands: this.out.subarray(0, this.n), count: this.count, bytesScanned: this.bytes };
+  }
+}
+
+export class Scanner {
+  readonly cmd = new Uint32Array(MAX_COMMAND_DWORDS);
+
+  constructor(
+    readonly memory: GraphicsMemory,
+    private readonly partition: Partition,
+    readonly limits: ScanLimits = defaultScanLimits,
+  ) {}
+
+  /** Starts scanning the ring from head to tail (byte offsets in a ring of `size` bytes at `start`). */
+  begin(start: number, size: number, head: number, tail: number): ScanJob {
+    return new ScanJob(this, start, size, head, tail);
   }
 
-  private unknownKind(dw0: number): ScanRejection {
+  /** Scans the ring from head to tail in one go. */
+  scanRing(start: number, size: number, head: number, tail: number): ScanResult {
+    return this.begin(start, size, head, tail).step()!;
+  }
+
+  unknownKind(dw0: number): ScanRejection {
     // Known-looking MI or 2D opcodes we do not allow are privileged; anything else is unknown.
     return client(dw0) === CLIENT_MI || client(dw0) === CLIENT_2D ? "privileged-command" : "unknown-command";
   }
 
-  private checkRange(address: number, length: number, at: number): void {
+  checkRange(address: number, length: number, at: number): void {
     const p = this.partition;
     if (address < p.base || address + length > p.base + p.size || length < 0)
       throw new ScanError("address-outside-partition", at);
   }
 
   /** The command table's rules, then every graphics address the command carries must be the vGPU's. */
-  private check(spec: CommandSpec, len: number, address: number): void {
+  check(spec: CommandSpec, len: number, address: number): void {
     if (spec.privileged) throw new ScanError("privileged-command", address);
     const verdict = checkCommand(spec, this.cmd, len);
     if (verdict === CommandCheck.BAD_REGISTER) throw new ScanError("register-not-allowed", address);

@@ -77,6 +77,11 @@ export interface BarSpec extends BarDeclaration {
     readonly fdOffset?: number;
     /** The mmap-able areas, relative to the BAR (default: the whole BAR). */
     readonly areas?: readonly SparseMmapArea[];
+    /**
+     * The device's own view of this memory, when its owner already has one
+     * (then the fd is not mapped again here, and the owner decides its lifetime).
+     */
+    readonly view?: Uint8Array;
   };
   /** Serves every access outside the memory areas (and the MSI-X table, if it lives here). */
   readonly handler?: RegionHandler;
@@ -107,6 +112,9 @@ export interface PciDeviceOptions {
 
 interface Bar {
   readonly spec: BarSpec;
+  /** The device's side of the BAR's memory. */
+  readonly memory?: Uint8Array;
+  /** Our own mapping of it (none when the owner gave its view). */
   readonly mapping?: Mapping;
   readonly areas: readonly SparseMmapArea[];
 }
@@ -162,10 +170,14 @@ export class PciDevice implements VfioDevice {
       for (const a of areas)
         if (a.offset < 0 || a.offset + a.size > spec.size || a.offset % 4096 || a.size % 4096)
           throw new PciDeclarationError(`BAR${spec.index} mmap area must be page-aligned and inside the BAR`);
-      const mapping = spec.memory
-        ? Mapping.ofFd(spec.memory.fd, spec.size, { offset: spec.memory.fdOffset ?? 0 })
-        : undefined;
-      this.bars[spec.index] = { spec, areas, ...(mapping ? { mapping } : {}) };
+      if (spec.memory?.view && spec.memory.view.length !== spec.size)
+        throw new PciDeclarationError(`BAR${spec.index} memory view is not the BAR's size`);
+      const mapping =
+        spec.memory && !spec.memory.view
+          ? Mapping.ofFd(spec.memory.fd, spec.size, { offset: spec.memory.fdOffset ?? 0 })
+          : undefined;
+      const memory = spec.memory?.view ?? mapping?.bytes;
+      this.bars[spec.index] = { spec, areas, ...(memory ? { memory } : {}), ...(mapping ? { mapping } : {}) };
     }
     this.irqs = new Interrupts(
       this.config,
@@ -185,9 +197,9 @@ export class PciDevice implements VfioDevice {
   /** The bytes behind a BAR's memory (the device's side of the mmap areas). */
   barMemory(index: number): Uint8Array {
     if (this.closed) throw new VfioUserError(Errno.ENODEV, "the device was closed");
-    const m = this.bars[index]?.mapping;
+    const m = this.bars[index]?.memory;
     if (!m) throw new PciDeclarationError(`BAR${index} has no memory`);
-    return m.bytes;
+    return m;
   }
 
   /**
@@ -375,7 +387,7 @@ export class PciDevice implements VfioDevice {
       throw new VfioUserError(Errno.EIO, `BAR${region} is not decoded`);
     for (const a of bar.areas) {
       if (offset >= a.offset && offset + count <= a.offset + a.size) {
-        const mem = bar.mapping!.bytes;
+        const mem = bar.memory!;
         if (isWrite) mem.set(buf.subarray(at, at + count), offset);
         else buf.set(mem.subarray(offset, offset + count), at);
         return;

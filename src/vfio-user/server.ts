@@ -258,6 +258,16 @@ export class Server {
     }
   }
 
+  /**
+   * True if something is waiting to be read (a client's message, a new
+   * connection): device work done between rounds (afterRound) checks it to
+   * stop early, so a long stretch of work never holds a waiting trap.
+   */
+  inputPending(): boolean {
+    if (this.pollDirty) this.rebuildPollSet();
+    return this.poller.wait(0) > 0;
+  }
+
   /** Ends `run()` after the current round (call from the serving thread, or signal wakeFd). */
   stop(): void {
     this.stopping = true;

@@ -23,11 +23,16 @@ export interface VisibleLines {
 export class FrameReader {
   private readonly words: Uint32Array;
 
-  constructor(private readonly memory: Uint8Array) {
+  constructor(
+    private readonly memory: Uint8Array,
+    /** Called before a display is read (the web thread maps the vGPU's slice in here). */
+    private readonly prepare?: (d: DisplayState) => void,
+  ) {
     this.words = new Uint32Array(memory.buffer, memory.byteOffset, Math.floor(memory.byteLength / 4));
   }
 
   private engine(d: DisplayState): DisplayEngine {
+    this.prepare?.(d);
     const engine = new DisplayEngine({ maxWidth: d.maxWidth, maxHeight: d.maxHeight, memorySize: d.lmSize });
     engine.regs.set(d.dispi);
     engine.bigEndian = d.bigEndian;

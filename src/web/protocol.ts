@@ -13,6 +13,8 @@ export interface DisplayState {
   /** Offset of the vGPU's slice in the parent's local memory, and its size. */
   readonly lmBase: number;
   readonly lmSize: number;
+  /** The slice's own memfd (each vGPU's memory is a separate object), which the web thread maps at lmBase. */
+  readonly fd?: number;
   readonly maxWidth: number;
   readonly maxHeight: number;
   /** The DISPI registers as the guest set them. */
@@ -76,7 +78,8 @@ export interface WorkerInput {
   /** VNC consoles: one port per vGPU from `vncPort` up (0: any free port each). Absent: no VNC. */
   readonly vnc?: { readonly host: string; readonly port: number };
   /** The parent's local memory (a memfd of this process), mapped read-only by the worker. */
-  readonly localMemory: { readonly fd: number; readonly size: number };
+  /** Size of the parent's local memory; each vGPU's slice comes with its display state (`fd`). */
+  readonly localMemory: { readonly size: number };
   /** Signalled (eventfd) after each request, so the daemon's poll wakes and reads the port. */
   readonly wakeFd: number;
   /** CPU the live frames may use, in ms per second. */

@@ -10,7 +10,7 @@ import fastifyStatic from "@fastify/static";
 import fastifyWebsocket from "@fastify/websocket";
 import Fastify from "fastify";
 import { defaultLogger } from "../base/index.js";
-import { Mapping } from "../sys/index.js";
+import { ComposedMapping } from "../sys/index.js";
 import { registerApi } from "./api.js";
 import { FrameReader } from "./frames.js";
 import { LiveFrames } from "./live.js";
@@ -54,8 +54,20 @@ process.on("uncaughtException", (e) => log.error({ err: e.message, stack: e.stac
 
 async function main(): Promise<void> {
   const link = new DaemonLink(port, input.wakeFd);
-  const memory = Mapping.ofFd(input.localMemory.fd, input.localMemory.size, { writable: false });
-  const frames = new FrameReader(memory.bytes);
+  // The parent's local memory as the daemon's thread has it: each vGPU's slice is its own memfd,
+  // placed at its offset the first time its display is read (a new tenant there replaces it).
+  const memory = ComposedMapping.reserve(input.localMemory.size);
+  memory.mapPrivate(0, input.localMemory.size);
+  const placed = new Map<number, string>();
+  const frames = new FrameReader(memory.bytes, (d) => {
+    if (d.fd === undefined || placed.get(d.lmBase) === d.uuid) return;
+    try {
+      memory.mapFile(d.lmBase, d.lmSize, d.fd);
+      placed.set(d.lmBase, d.uuid);
+    } catch (e) {
+      log.warn({ vgpu: d.uuid, err: String(e) }, "could not map a vGPU's memory");
+    }
+  });
   // Requests are checked as they come: extra properties are refused, not dropped; no type coercion.
   const app = Fastify({
     logger: false,

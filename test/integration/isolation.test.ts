@@ -7,15 +7,21 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  EngineStatus,
   MI_BATCH_BUFFER_END,
+  MI_USER_INTERRUPT,
   PAGE_SIZE,
+  Bar2,
+  RingCtl,
   miBatchBufferStart,
+  miLoadRegisterImm,
   miStoreDataImm,
   xyColorBlt,
+  xySrcCopyBlt,
 } from "../../src/abi/index.js";
 import { GuestDriver, GuestDriverError } from "../../src/guest/index.js";
 import { ClientBus } from "../../src/vmm/client-bus.js";
@@ -37,6 +43,8 @@ let dir: string;
 let serve: ServeProcess;
 const A = "aaaaaaaa-0000-4000-8000-00000000000a";
 const B = "bbbbbbbb-0000-4000-8000-00000000000b";
+/** The hostile tenant of the engine tests: the type with room for the widest blit twice. */
+const H = "eeeeeeee-0000-4000-8000-00000000000e";
 const MiB = 1 << 20;
 
 interface Tenant {
@@ -71,7 +79,10 @@ const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest(
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), "mgpu-isolation-"));
-  serve = await ServeProcess.start([`mgpu-1q:${A}`, `mgpu-1q:${B}`], dir);
+  serve = await ServeProcess.start([`mgpu-1q:${A}`, `mgpu-1q:${B}`, `mgpu-2q:${H}`], dir, [
+    "--watchdog-ms",
+    "20000",
+  ]);
 });
 after(async () => {
   await serve.stop();
@@ -188,3 +199,183 @@ test("the shadow batch is out of every handed fd's reach: patching what the VMM 
   a.close();
   b.close();
 });
+
+/** Writes `cmds` as a batch in the tenant's own memory and starts it, without waiting. */
+function startBatch(t: Tenant, cmds: readonly number[]): void {
+  const p = t.driver.partition;
+  const batch = t.driver.alloc((cmds.length + 1) * 4);
+  const fb = t.bus.barMemory(0)!;
+  new Uint32Array(fb.buffer, fb.byteOffset + (batch - p.gmBase), cmds.length + 1).set([
+    ...cmds,
+    MI_BATCH_BUFFER_END,
+  ]);
+  t.driver.submit([...miBatchBufferStart(batch), MI_USER_INTERRUPT]);
+}
+
+interface EngineFigures {
+  engine: { longestStepBytes: number; bands: number; blits: number };
+  bandBytes: number;
+  scheduler: { preemptions: number };
+}
+const engineFigures = async () => (await serve.request({ cmd: "stats" })) as unknown as EngineFigures;
+
+test("the engine is preemptible: the widest blit runs in bands, and a victim's work runs in between", async () => {
+  const h = attach(H);
+  const v = attach(B);
+  // 1. One XY_SRC_COPY_BLT of 16383 x 200 (13 MB): the largest a command can be within a partition.
+  const src = h.driver.allocSurface(16383, 200);
+  const dst = h.driver.allocSurface(16383, 200);
+  const hb = h.bus.barMemory(0)!;
+  const srcWords = new Uint32Array(
+    hb.buffer,
+    hb.byteOffset + (src.gma - h.driver.partition.gmBase),
+    16383 * 200,
+  );
+  for (let i = 0; i < srcWords.length; i += 997) srcWords[i] = i;
+  const copy = xySrcCopyBlt(
+    dst.gma,
+    dst.pitch,
+    { x: 0, y: 0, width: 16383, height: 200 },
+    src.gma,
+    src.pitch,
+    0,
+    0,
+  );
+  const before = await engineFigures();
+  h.driver.execute(copy);
+  const dstWords = new Uint32Array(
+    hb.buffer,
+    hb.byteOffset + (dst.gma - h.driver.partition.gmBase),
+    16383 * 200,
+  );
+  for (let i = 0; i < dstWords.length; i += 997) assert.equal(dstWords[i], i);
+  const one = await engineFigures();
+  assert.ok(one.engine.longestStepBytes <= one.bandBytes, `longest step ${one.engine.longestStepBytes} B`);
+  assert.ok(
+    one.engine.bands - before.engine.bands >= Math.floor((16383 * 4 * 200) / one.bandBytes),
+    "the blit ran in bands",
+  );
+
+  // 2. Forty of them in one batch hold the engine for many slices; the victim's workloads still run.
+  const victimSurface = v.driver.allocSurface(64, 64);
+  startBatch(h, Array.from({ length: 40 }, () => copy).flat());
+  const done: boolean[] = [];
+  for (let i = 0; i < 5; i++) {
+    v.driver.execute(
+      xyColorBlt(victimSurface.gma, victimSurface.pitch, { x: 0, y: 0, width: 64, height: 64 }, i),
+    );
+    done.push((h.bus.mmioRead(2, Bar2.ENGINE_STATUS, 4) & EngineStatus.IDLE) === 0);
+  }
+  assert.ok(done[0], "the victim's first workload completed while the hostile one was still on the engine");
+  h.driver.wait(60_000);
+  const after = await engineFigures();
+  assert.ok(after.scheduler.preemptions > before.scheduler.preemptions, "the hostile workload was preempted");
+  assert.ok(after.engine.longestStepBytes <= after.bandBytes);
+  h.close();
+  v.close();
+});
+
+test("64 blits over guest pages run in bands too", async () => {
+  const h = attach(H);
+  const ramSize = 4 * MiB;
+  const ram = createMemfd("hostile-ram", ramSize);
+  h.client.dmaMap({ flags: 3, offset: 0n, address: 0x1_0000_0000n, size: BigInt(ramSize) }, ram);
+  const p = h.driver.partition;
+  // The upper half of the partition maps guest RAM pages (as the driver's system batches do).
+  const first = p.lmSize / PAGE_SIZE;
+  for (let i = 0; i < ramSize / PAGE_SIZE; i++)
+    h.driver.writeGtt(first + i, 0x1_0000_0000 + i * PAGE_SIZE, true);
+  const gma = p.gmBase + p.lmSize;
+  const pitch = 16383 * 4;
+  const rows = Math.floor(ramSize / 2 / pitch);
+  const cmds: number[] = [];
+  for (let i = 0; i < 64; i++)
+    cmds.push(
+      ...xySrcCopyBlt(
+        gma + rows * pitch,
+        pitch,
+        { x: 0, y: 0, width: 16383, height: rows },
+        gma,
+        pitch,
+        0,
+        0,
+      ),
+    );
+  const before = await engineFigures();
+  h.driver.execute(cmds, 60_000);
+  const after = await engineFigures();
+  assert.ok(after.engine.longestStepBytes <= after.bandBytes);
+  assert.ok(after.engine.bands - before.engine.bands >= 64 * Math.floor((rows * pitch) / after.bandBytes));
+  h.client.dmaUnmap(0x1_0000_0000n, BigInt(ramSize));
+  closeFd(ram);
+  h.close();
+});
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return Number(m![1]) / 1024;
+}
+
+test("a flood of posted tail writes is held back: the daemon's memory stays bounded and the victim is answered", async () => {
+  const h = attach(A);
+  const v = attach(B);
+  v.bus.barMemory(0)!.fill(0x3c);
+  const victim = await checksum(B);
+  // The worst submission a tenant's type allows: one batch start to 4 MiB of the longest command
+  // (a 63-dword register load), the most one submission may flatten to.
+  const lri = miLoadRegisterImm(
+    Array.from({ length: 31 }, (_, i) => [Bar2.GPR0 + (i % 16) * 4, i] as [number, number]),
+  );
+  const count = Math.floor(((4 << 20) - 4) / (lri.length * 4));
+  const p = h.driver.partition;
+  const fb = h.bus.barMemory(0)!;
+  const batch = h.driver.alloc((count * lri.length + 1) * 4);
+  const bw = new Uint32Array(fb.buffer, fb.byteOffset + (batch - p.gmBase), count * lri.length + 1);
+  for (let i = 0; i < count; i++) bw.set(lri, i * lri.length);
+  bw[count * lri.length] = MI_BATCH_BUFFER_END;
+  // A ring of batch starts of our own, then 100 posted tail writes: one submission of 4 MiB each.
+  const ringBytes = 16 * PAGE_SIZE;
+  const ring = h.driver.alloc(ringBytes);
+  const rw = new Uint32Array(fb.buffer, fb.byteOffset + (ring - p.gmBase), ringBytes / 4);
+  const start = miBatchBufferStart(batch);
+  for (let i = 0; i + 3 <= rw.length; i += 3) rw.set(start, i);
+  h.bus.mmioWrite(2, Bar2.RING_CTL, 4, 0);
+  h.bus.mmioWrite(2, Bar2.RING_START, 4, ring);
+  h.bus.mmioWrite(2, Bar2.RING_CTL, 4, RingCtl.encode(ringBytes / PAGE_SIZE));
+  const pid = serve.child.pid!;
+  const before = rssMiB(pid);
+  const tail = new Uint8Array(4);
+  for (let i = 1; i <= 100; i++) {
+    new DataView(tail.buffer).setUint32(0, i * 12, true);
+    h.client.regionWrite(2, Bar2.RING_TAIL, tail, { posted: true });
+  }
+  // The victim's read is answered (and correctly) while the flood is being worked off.
+  assert.equal(v.bus.mmioRead(2, 0x800, 4), 0x5650474d, "the victim's PV block answers");
+  const status = h.bus.mmioRead(2, Bar2.ENGINE_STATUS, 4);
+  let peak = rssMiB(pid);
+  // Wait for the flood to be worked off: accepted submissions complete, the merged rest is refused.
+  for (let i = 0; i < 2000 && !(h.bus.mmioRead(2, Bar2.ENGINE_STATUS, 4) & EngineStatus.IDLE); i++) {
+    peak = Math.max(peak, rssMiB(pid));
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  peak = Math.max(peak, rssMiB(pid));
+  const stats = (await serve.request({ cmd: "stats" })).vgpus as { uuid: string; stats: VgpuStatsLike }[];
+  const hs = stats.find((s) => s.uuid === A)!.stats;
+  assert.ok(hs.backpressure >= 1 && status & 8, `the queue-full state was reached (${JSON.stringify(hs)})`);
+  assert.ok(hs.submissions <= 100, "no more submissions than tail writes");
+  assert.ok(
+    peak - before < 64,
+    `daemon RSS grew ${(peak - before).toFixed(1)} MiB (from ${before.toFixed(0)})`,
+  );
+  assert.equal(await checksum(B), victim, "B's memory checksum unchanged");
+  v.driver.execute(xyColorBlt(v.driver.partition.gmBase, 4096, { x: 0, y: 0, width: 16, height: 1 }, 1));
+  h.driver.recover();
+  h.close();
+  v.close();
+});
+
+interface VgpuStatsLike {
+  submissions: number;
+  rejected: number;
+  backpressure: number;
+}

@@ -1,9 +1,13 @@
 /**
  * A vGPU's virtual engine: ring registers where the parent's are, so a driver
- * for one drives the other. A tail write scans the new commands (batches
- * followed and flattened) into a submission for the scheduler; a rejected
- * stream stops the virtual engine with the verdict in ENGINE_ERROR until the
- * guest resets it. The GPRs are the engine context the scheduler loads and saves.
+ * for one drives the other. A tail write only notes the new tail; the
+ * scheduler's loop scans the new commands (batches followed and flattened)
+ * into a submission in bounded steps (`scanStep`), so the trap path stays
+ * short. What a vGPU may hold is bounded (`QueueLimits`): past it ENGINE_STATUS
+ * shows QUEUE_FULL and further tail moves merge into the last waiting one. A
+ * rejected stream stops the virtual engine with the verdict in ENGINE_ERROR
+ * until the guest resets it; an engine reset or FLR drops every piece of its
+ * work first. The GPRs are the engine context the scheduler loads and saves.
  */
 import {
   Bar2,
@@ -13,13 +17,14 @@ import {
   GPR_COUNT,
   Irq,
   PAGE_SIZE,
+  QueueLimits,
   RING_OFFSET_MASK,
   RingCtl,
   ScanRejectionCode,
 } from "../../abi/index.js";
 import type { RateLimitedLog } from "../../base/index.js";
 import { RegisterFile } from "../../pci/index.js";
-import { ScanError, type Scanner } from "../scanner.js";
+import { ScanError, type ScanJob, type Scanner } from "../scanner.js";
 import type { VirtualIrq } from "./irq.js";
 import type { VgpuStats } from "./stats.js";
 import type { Vgpu } from "./vgpu.js";
@@ -33,6 +38,11 @@ export interface Submission {
   readonly tail: number;
 }
 
+/** Who runs a vGPU's work: told when that work must stop (engine reset, FLR, removal). */
+export interface WorkOwner {
+  drop(v: Vgpu): void;
+}
+
 export class VirtualEngine {
   /** Ring, status, error, reset and GPR registers, relative to `Bar2Block.ENGINE`. */
   readonly registers: RegisterFile;
@@ -42,6 +52,14 @@ export class VirtualEngine {
   /** Ring tail scanned so far (the head advances as submissions complete). */
   private scannedTail = 0;
   private busy = false;
+  /** The scheduler, once the vGPU is added to it. */
+  scheduler: WorkOwner | undefined;
+  /** The submission being scanned (in bounded steps, from the scheduler's loop). */
+  private scan: ScanJob | undefined;
+  /** Tails written and not yet scanned: one submission each, as the guest made them. */
+  private readonly tails: number[] = [];
+  /** Flattened bytes accepted and not yet completed (queued, running or preempted). */
+  private acceptedBytes = 0;
 
   constructor(
     size: number,
@@ -94,6 +112,74 @@ export class VirtualEngine {
     return this.queue.length > 0;
   }
 
+  /** True if ring commands wait to be scanned and there is room to accept them. */
+  get scanPending(): boolean {
+    return this.scan !== undefined || (this.tails.length > 0 && this.hasRoom);
+  }
+
+  private get hasRoom(): boolean {
+    return this.queue.length < QueueLimits.SUBMISSIONS && this.acceptedBytes < QueueLimits.BYTES;
+  }
+
+  /** QUEUE_FULL: as many tail moves wait as may, or the waiting ones cannot be accepted yet. */
+  private get queueFull(): boolean {
+    return this.tails.length >= QueueLimits.SUBMISSIONS || (this.tails.length > 0 && !this.hasRoom);
+  }
+
+  /**
+   * Scans about `budget` bytes of waiting ring commands (from the scheduler's
+   * loop, never the trap path); returns the bytes scanned.
+   */
+  scanStep(budget: number): number {
+    const r = this.registers;
+    if (!this.scan) {
+      if (!this.scanPending) return 0;
+      const tail = this.tails.shift()!;
+      this.scan = this.scanner.begin(r.get("RING_START"), this.ringSize, this.scannedTail, tail);
+    }
+    const job = this.scan;
+    const before = job.bytesScanned;
+    try {
+      const result = job.step(budget);
+      if (!result) return job.bytesScanned - before;
+      this.scan = undefined;
+      this.stats.scanBytes += result.bytesScanned;
+      this.stats.commands += result.count;
+      this.stats.submissions++;
+      this.scannedTail = job.tail;
+      this.acceptedBytes += result.commands.byteLength;
+      this.queue.push({ vgpu: this.owner, commands: result.commands, tail: job.tail });
+      this.busy = true;
+    } catch (e) {
+      if (!(e instanceof ScanError)) throw e;
+      this.scan = undefined;
+      this.stats.rejected++;
+      this.release();
+      this.scannedTail = job.tail;
+      this.log.warn(
+        { vgpu: this.owner.uuid, reason: e.reason, address: `0x${e.address.toString(16)}` },
+        "command stream rejected",
+      );
+      this.failed(EngineError.REJECTED | ScanRejectionCode[e.reason], e.address, false);
+    }
+    return job.bytesScanned - before;
+  }
+
+  /** Stops all of our work: queued, being scanned, and on (or set aside for) the parent's engine. */
+  dropWork(): void {
+    this.scheduler?.drop(this.owner);
+    this.clearWork();
+    this.release();
+  }
+
+  private clearWork(): void {
+    this.queue.length = 0;
+    this.acceptedBytes = 0;
+    this.scan = undefined;
+    this.tails.length = 0;
+    this.busy = false;
+  }
+
   /** The scheduler put a submission of ours on the parent's engine. */
   started(): void {
     this.busy = true;
@@ -101,6 +187,7 @@ export class VirtualEngine {
 
   /** The scheduler finished one of our submissions. */
   completed(s: Submission): void {
+    this.acceptedBytes -= s.commands.byteLength;
     this.registers.set("RING_HEAD", s.tail);
     if (this.queue.length === 0) this.busy = false;
     this.irq.raise(Irq.IDLE);
@@ -108,8 +195,7 @@ export class VirtualEngine {
 
   /** The engine stopped on our submission (fault) or it ran past its budget (hang). */
   failed(code: number, address: number, hang: boolean): void {
-    this.queue.length = 0;
-    this.busy = false;
+    this.clearWork();
     this.registers.set("ENGINE_ERROR", hang ? EngineError.HANG : code);
     this.registers.set("ENGINE_ERROR_ADDR", address);
     this.registers.set("RING_HEAD", this.scannedTail);
@@ -117,11 +203,10 @@ export class VirtualEngine {
     this.irq.raise(Irq.ENGINE_ERROR | (code === EngineError.GTT_FAULT ? Irq.GTT_FAULT : 0));
   }
 
-  /** Function reset: registers, queue and context back to power-on. */
+  /** Function reset: all work dropped first, then registers, queue and context back to power-on. */
   reset(): void {
+    this.dropWork();
     this.registers.reset();
-    this.queue.length = 0;
-    this.busy = false;
     this.scannedTail = 0;
     this.gpr.fill(0);
   }
@@ -131,49 +216,38 @@ export class VirtualEngine {
   }
 
   private ringControlWritten(): void {
-    // Enabling a ring (re)starts it empty at head 0.
+    // Enabling a ring (re)starts it empty at head 0; a scan of the old ring is abandoned.
+    this.scan = undefined;
+    this.tails.length = 0;
     this.registers.set("RING_HEAD", 0);
     this.scannedTail = 0;
   }
 
+  /** The trap path only notes the new tail: scanning happens in bounded steps from the scheduler's loop. */
   private tailWritten(): void {
     const r = this.registers;
     if (!(r.get("RING_CTL") & RingCtl.ENABLE)) return;
-    const tail = r.get("RING_TAIL") % this.ringSize;
     if (r.get("ENGINE_ERROR") !== EngineError.NONE) return; // stopped until the guest resets the engine
-    if (tail === this.scannedTail) return;
-    const start = r.get("RING_START");
-    try {
-      const result = this.scanner.scanRing(start, this.ringSize, this.scannedTail, tail);
-      this.stats.scanBytes += result.bytesScanned;
-      this.stats.commands += result.count;
-      this.stats.submissions++;
-      this.scannedTail = tail;
-      this.queue.push({ vgpu: this.owner, commands: result.commands, tail });
-      this.busy = true;
-    } catch (e) {
-      if (!(e instanceof ScanError)) throw e;
-      this.stats.rejected++;
-      this.release();
-      this.scannedTail = tail;
-      this.log.warn(
-        { vgpu: this.owner.uuid, reason: e.reason, address: `0x${e.address.toString(16)}` },
-        "command stream rejected",
-      );
-      this.failed(EngineError.REJECTED | ScanRejectionCode[e.reason], e.address, false);
-    }
+    const tail = r.get("RING_TAIL") % this.ringSize;
+    if (tail === (this.tails.at(-1) ?? this.scan?.tail ?? this.scannedTail)) return;
+    if (this.queueFull) this.stats.backpressure++;
+    if (this.tails.length < QueueLimits.SUBMISSIONS) this.tails.push(tail);
+    else this.tails[this.tails.length - 1] = tail; // merged into the last waiting submission
   }
 
   private status(): number {
     const error = this.registers.get("ENGINE_ERROR") !== EngineError.NONE;
-    const idle = error || (!this.busy && this.registers.get("RING_HEAD") === this.scannedTail);
-    return (idle ? EngineStatus.IDLE : 0) | (error ? EngineStatus.ERROR : 0);
+    const waiting = this.tails.length > 0 || this.scan !== undefined;
+    const idle = error || (!this.busy && !waiting && this.registers.get("RING_HEAD") === this.scannedTail);
+    const full = !error && this.queueFull;
+    return (
+      (idle ? EngineStatus.IDLE : 0) | (error ? EngineStatus.ERROR : 0) | (full ? EngineStatus.QUEUE_FULL : 0)
+    );
   }
 
   private engineReset(): void {
     const r = this.registers;
-    this.queue.length = 0;
-    this.busy = false;
+    this.dropWork(); // first: nothing queued or running before the reset may run after it
     r.set("ENGINE_ERROR", EngineError.NONE);
     r.set("ENGINE_ERROR_ADDR", 0);
     this.scannedTail = r.get("RING_TAIL") % this.ringSize;

@@ -102,7 +102,8 @@ export class GttShadow implements RegionHandler {
     }
     const address = hi * 0x100000000 + ((lo & GTT_ADDRESS_MASK) >>> 0);
     if (lo & GTT_SYSTEM) {
-      // A guest frame: the parent reaches it through the mediator's system memory, tagged with our id.
+      // A guest frame: the parent reaches it through the mediator's system memory, tagged with our id
+      // (16 bits above bit 48: the mediator keeps ids below 2^16 and reuses only freed ones).
       if (address >= GTT_SYSTEM_ADDRESS_LIMIT) return this.refuse(index, address);
       g.set(
         parentIndex,

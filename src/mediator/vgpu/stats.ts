@@ -10,6 +10,8 @@ export interface VgpuStats {
   interrupts: number;
   busyMs: number;
   scanBytes: number;
+  /** Tail moves that found the queue full (QUEUE_FULL): merged into the last waiting submission. */
+  backpressure: number;
 }
 
 export function newVgpuStats(): VgpuStats {
@@ -24,5 +26,6 @@ export function newVgpuStats(): VgpuStats {
     interrupts: 0,
     busyMs: 0,
     scanBytes: 0,
+    backpressure: 0,
   };
 }

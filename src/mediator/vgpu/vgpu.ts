@@ -125,7 +125,10 @@ export class Vgpu {
           size: type.localMemory,
           kind: "mem32",
           prefetchable: true,
-          memory: { fd: gpu.localMemory.sliceAt(lmBase).fd },
+          memory: {
+            fd: gpu.localMemory.sliceAt(lmBase).fd,
+            view: gpu.localMemory.bytes.subarray(lmBase, lmBase + type.localMemory),
+          },
         },
         { index: VgpuBar.MMIO, size: BAR2_SIZE, kind: "mem32", handler: trapped },
       ],
@@ -167,8 +170,11 @@ export class Vgpu {
     this.gtt.reset();
   }
 
-  /** Releases the partition in the parent's GTT (the vGPU is being removed). */
+  /** Drops all work and pending interrupts, and releases the partition in the parent's GTT (removal). */
   destroy(): void {
+    this.engine.dropWork();
+    this.irq.reset();
     this.gtt.clearParent();
+    this.mpt = undefined;
   }
 }
