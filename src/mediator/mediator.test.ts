@@ -392,3 +392,39 @@ test("removal, engine reset and FLR drop running and queued work first: nothing 
   }
   gpu.close();
 });
+
+test("a submission that would pass a limit ends at the last ring command that fits; one command alone past it is refused", () => {
+  const local = new LocalMemory(1 << 20);
+  const gtt = new Gtt(256);
+  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
+  const mem = new GraphicsMemory(local, gtt);
+  const w = local.words;
+  const ring = 0x10000,
+    batch = 0x20000,
+    big = 0x40000;
+  // A batch of 100 stores (1600 bytes flattened); a limit of 4000 bytes holds two of them.
+  for (let i = 0; i < 100; i++) w.set(miStoreDataImm(0x30000 + i * 4, i), batch / 4 + i * 4);
+  w[batch / 4 + 400] = MI_BATCH_BUFFER_END;
+  for (let i = 0; i < 300; i++) w.set(miStoreDataImm(0x30000, i), big / 4 + i * 4);
+  w[big / 4 + 1200] = MI_BATCH_BUFFER_END;
+  const stream = [...miBatchBufferStart(batch), ...miBatchBufferStart(batch), ...miBatchBufferStart(batch)];
+  w.set(stream, ring / 4);
+  const scanner = new Scanner(
+    mem,
+    { base: 0, size: 1 << 20 },
+    { maxCommands: 1 << 16, maxBatchJumps: 256, maxBytes: 4000 },
+  );
+  const first = scanner.scanRing(ring, 4096, 0, stream.length * 4);
+  assert.equal(first.tail, 24, "ends after the second batch start");
+  assert.equal(first.commands.length, 800);
+  const rest = scanner.scanRing(ring, 4096, first.tail, stream.length * 4);
+  assert.equal(rest.tail, stream.length * 4);
+  assert.equal(rest.commands.length, 400);
+  // One batch start whose batch alone flattens past the limit: refused.
+  w.set(miBatchBufferStart(big), ring / 4);
+  assert.throws(
+    () => scanner.scanRing(ring, 4096, 0, 12),
+    (e: unknown) => e instanceof ScanError && e.reason === "runaway-batch",
+  );
+  local.close();
+});

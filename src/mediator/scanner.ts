@@ -66,6 +66,12 @@ export interface ScanResult {
   readonly commands: Uint32Array;
   readonly count: number;
   readonly bytesScanned: number;
+  /**
+   * Ring offset the submission ends at: the tail asked for, or an earlier
+   * command boundary in the ring when going on would pass a limit (the rest
+   * is the next submission's).
+   */
+  readonly tail: number;
 }
 
 /**
@@ -86,6 +92,8 @@ export class ScanJob {
   private pc = 0;
   private returnPc = 0;
   private pos: number;
+  /** The state at the last ring-level command boundary: where to end if a limit is passed after it. */
+  private mark = { pos: 0, n: 0, count: 0, bytes: 0, jumps: 0 };
 
   constructor(
     private readonly scanner: Scanner,
@@ -96,6 +104,7 @@ export class ScanJob {
   ) {
     scanner.checkRange(start, size, start);
     this.pos = head;
+    this.mark.pos = head;
   }
 
   get bytesScanned(): number {
@@ -113,6 +122,7 @@ export class ScanJob {
     try {
       while (this.level > 0 || this.pos !== tail) {
         if (this.bytes >= stop) return undefined;
+        if (this.level === 0) this.setMark();
         const fromRing = this.level === 0;
         const pc = this.pc;
         const address = fromRing ? start + this.pos : pc;
@@ -130,14 +140,14 @@ export class ScanJob {
           cmd[i] = fromRing ? memory.read32(start + ((this.pos + i * 4) % size)) : memory.read32(pc + i * 4);
         if (fromRing) this.pos = (this.pos + len * 4) % size;
         else this.pc += len * 4;
-        if (++this.count > limits.maxCommands) throw new ScanError("runaway-batch", address);
+        if (++this.count > limits.maxCommands) return this.overLimit(address);
         this.bytes += len * 4;
         scanner.check(spec, len, address);
 
         if (spec === Commands.BATCH_BUFFER_START) {
           const target = address64(cmd[1]!, cmd[2]!);
           scanner.checkRange(target, 4, address);
-          if (++this.jumps > limits.maxBatchJumps) throw new ScanError("runaway-batch", address);
+          if (++this.jumps > limits.maxBatchJumps) return this.overLimit(address);
           const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
           if (this.level === 0) this.level = 1;
           else if (nested) {
@@ -155,7 +165,7 @@ export class ScanJob {
           } else if (this.level === 1) this.level = 0;
           continue;
         }
-        if (this.n + len > maxWords) throw new ScanError("runaway-batch", address);
+        if (this.n + len > maxWords) return this.overLimit(address);
         if (this.n + len > this.out.length) {
           const grown = new Uint32Array(Math.min(this.out.length * 2 + len, Math.ceil(maxWords)));
           grown.set(this.out.subarray(0, this.n));
@@ -169,7 +179,36 @@ export class ScanJob {
       if (e instanceof GttFault) throw new ScanError("gtt-fault", e.gma);
       throw e;
     }
-    return { commands: this.out.subarray(0, this.n), count: this.count, bytesScanned: this.bytes };
+    return this.result(tail);
+  }
+
+  private setMark(): void {
+    const m = this.mark;
+    m.pos = this.pos;
+    m.n = this.n;
+    m.count = this.count;
+    m.bytes = this.bytes;
+    m.jumps = this.jumps;
+  }
+
+  /**
+   * A limit was passed: if ring commands before this one fit, the submission
+   * ends after them (the rest is scanned again as the next one); if this one
+   * alone passes it, the stream is refused.
+   */
+  private overLimit(address: number): ScanResult {
+    const m = this.mark;
+    if (m.count === 0) throw new ScanError("runaway-batch", address);
+    this.n = m.n;
+    this.count = m.count;
+    this.bytes = m.bytes;
+    this.jumps = m.jumps;
+    this.level = 0;
+    return this.result(m.pos);
+  }
+
+  private result(tail: number): ScanResult {
+    return { commands: this.out.subarray(0, this.n), count: this.count, bytesScanned: this.bytes, tail };
   }
 }
 

@@ -146,9 +146,11 @@ export class VirtualEngine {
       this.stats.scanBytes += result.bytesScanned;
       this.stats.commands += result.count;
       this.stats.submissions++;
-      this.scannedTail = job.tail;
+      this.scannedTail = result.tail;
+      // Ended early at a limit: the rest of the ring up to the tail asked for is the next submission.
+      if (result.tail !== job.tail) this.tails.unshift(job.tail);
       this.acceptedBytes += result.commands.byteLength;
-      this.queue.push({ vgpu: this.owner, commands: result.commands, tail: job.tail });
+      this.queue.push({ vgpu: this.owner, commands: result.commands, tail: result.tail });
       this.busy = true;
     } catch (e) {
       if (!(e instanceof ScanError)) throw e;
@@ -232,7 +234,7 @@ export class VirtualEngine {
     if (tail === (this.tails.at(-1) ?? this.scan?.tail ?? this.scannedTail)) return;
     if (this.queueFull) this.stats.backpressure++;
     if (this.tails.length < QueueLimits.SUBMISSIONS) this.tails.push(tail);
-    else this.tails[this.tails.length - 1] = tail; // merged into the last waiting submission
+    else this.tails[this.tails.length - 1] = tail; // merged into the last (split again at the limits)
   }
 
   private status(): number {
