@@ -12,6 +12,7 @@ import {
   PAGE_SIZE,
   PV_MAGIC,
   PvInfo,
+  ScanRejectionCode,
   type ScanRejection,
   VgpuBar,
   type Workload,
@@ -427,4 +428,25 @@ test("a submission that would pass a limit ends at the last ring command that fi
     (e: unknown) => e instanceof ScanError && e.reason === "runaway-batch",
   );
   local.close();
+});
+
+test("a ring placed outside the partition is refused from the scheduler's loop, which carries on", () => {
+  const gpu = new SoftwareGpu({ localMemorySize: 128 << 20 });
+  const m = new Mediator({ gpu, mpt: () => noGuest, logger: quiet });
+  const v = m.create("mgpu-1q");
+  const d = new GuestDriver(new DirectBus(v.pci, () => m.scheduler.drain()));
+  d.init();
+  const write = (offset: number, value: number) =>
+    v.pci.regionWrite(VgpuBar.MMIO, offset, 4, new Uint8Array(new Uint32Array([value]).buffer), 0);
+  write(Bar2.RING_CTL, 0);
+  write(Bar2.RING_START, v.gm.base + v.gm.size);
+  write(Bar2.RING_CTL, 1);
+  write(Bar2.RING_TAIL, 16);
+  m.scheduler.drain();
+  assert.equal(v.error, EngineError.REJECTED | ScanRejectionCode["address-outside-partition"]);
+  d.recover();
+  d.init();
+  d.execute(xyColorBlt(v.gm.base, 4096, { x: 0, y: 0, width: 16, height: 1 }, 7));
+  assert.equal(v.error, EngineError.NONE, "the engine works after a reset");
+  gpu.close();
 });

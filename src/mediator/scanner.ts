@@ -102,7 +102,6 @@ export class ScanJob {
     head: number,
     readonly tail: number,
   ) {
-    scanner.checkRange(start, size, start);
     this.pos = head;
     this.mark.pos = head;
   }
@@ -119,6 +118,8 @@ export class ScanJob {
     const maxWords = (limits.maxBytes ?? Infinity) / 4;
     const cmd = scanner.cmd;
     const stop = this.bytes + budget;
+    // The ring itself must be the vGPU's (checked here, not when the job is made: step() is what throws).
+    if (this.count === 0) scanner.checkRange(start, size, start);
     try {
       while (this.level > 0 || this.pos !== tail) {
         if (this.bytes >= stop) return undefined;
