@@ -1,9 +1,9 @@
 /**
  * A vGPU's virtual engine: ring registers where the parent's are, so a driver
- * for one drives the other. A tail write only notes the new tail; the
- * scheduler's loop scans the new commands (batches followed and flattened)
- * into a submission in bounded steps (`scanStep`), so the trap path stays
- * short. What a vGPU may hold is bounded (`QueueLimits`): past it ENGINE_STATUS
+ * for one drives the other. A tail write notes the new tail and scans at most
+ * TRAP_SCAN_BYTES of it; the scheduler's loop scans the rest (batches followed
+ * and flattened) into a submission in bounded steps (`scanStep`), so the trap
+ * path stays short. What a vGPU may hold is bounded (`QueueLimits`): past it ENGINE_STATUS
  * shows QUEUE_FULL and further tail moves merge into the last waiting one. A
  * rejected stream stops the virtual engine with the verdict in ENGINE_ERROR
  * until the guest resets it; an engine reset or FLR drops every piece of its
@@ -37,6 +37,9 @@ export interface Submission {
   /** Ring tail this submission completes up to. */
   readonly tail: number;
 }
+
+/** Bytes of commands a tail write may scan on the trap path before the rest waits for the loop. */
+const TRAP_SCAN_BYTES = 64 << 10;
 
 /** Who runs a vGPU's work: told when that work must stop (engine reset, FLR, removal). */
 export interface WorkOwner {
@@ -235,6 +238,9 @@ export class VirtualEngine {
     if (this.queueFull) this.stats.backpressure++;
     if (this.tails.length < QueueLimits.SUBMISSIONS) this.tails.push(tail);
     else this.tails[this.tails.length - 1] = tail; // merged into the last (split again at the limits)
+    // A small submission is scanned right here, while its VMM waits for this write's reply (and so
+    // answers the DMA reads a scan of guest-RAM batches makes); a long one goes on from the loop.
+    if (this.tails.length === 1 && !this.scan && this.hasRoom) this.scanStep(TRAP_SCAN_BYTES);
   }
 
   private status(): number {
