@@ -115,18 +115,43 @@ export class ScanJob {
     const { scanner, start, size, tail } = this;
     const memory = scanner.memory;
     const limits = scanner.limits;
+    const maxCommands = limits.maxCommands;
+    const maxBatchJumps = limits.maxBatchJumps;
     const maxWords = (limits.maxBytes ?? Infinity) / 4;
     const cmd = scanner.cmd;
-    const stop = this.bytes + budget;
+    // The hot loop works on locals; the job's fields are read once here and written back
+    // in `finally`, so a step that returns, or throws, leaves the same state as before.
+    let out = this.out;
+    let n = this.n;
+    let count = this.count;
+    let bytes = this.bytes;
+    let jumps = this.jumps;
+    let level = this.level;
+    let pc = this.pc;
+    let returnPc = this.returnPc;
+    let pos = this.pos;
+    const mark = this.mark;
+    let markPos = mark.pos;
+    let markN = mark.n;
+    let markCount = mark.count;
+    let markBytes = mark.bytes;
+    let markJumps = mark.jumps;
+    const stop = bytes + budget;
+    let overAt = -1;
     // The ring itself must be the vGPU's (checked here, not when the job is made: step() is what throws).
-    if (this.count === 0) scanner.checkRange(start, size, start);
+    if (count === 0) scanner.checkRange(start, size, start);
     try {
-      while (this.level > 0 || this.pos !== tail) {
-        if (this.bytes >= stop) return undefined;
-        if (this.level === 0) this.setMark();
-        const fromRing = this.level === 0;
-        const pc = this.pc;
-        const address = fromRing ? start + this.pos : pc;
+      while (level > 0 || pos !== tail) {
+        if (bytes >= stop) return undefined;
+        const fromRing = level === 0;
+        if (fromRing) {
+          markPos = pos;
+          markN = n;
+          markCount = count;
+          markBytes = bytes;
+          markJumps = jumps;
+        }
+        const address = fromRing ? start + pos : pc;
         if (!fromRing) scanner.checkRange(pc, 4, pc);
         const dw0 = memory.read32(address);
         const spec = decodeCommand(dw0);
@@ -134,82 +159,93 @@ export class ScanJob {
         const len = commandLength(spec, dw0);
         if (len > cmd.length) throw new ScanError("malformed-command", address);
         if (fromRing) {
-          const available = (tail - this.pos + size) % size;
+          const available = (tail - pos + size) % size;
           if (len * 4 > available) throw new ScanError("malformed-command", address);
         } else scanner.checkRange(pc, len * 4, pc);
-        for (let i = 0; i < len; i++)
-          cmd[i] = fromRing ? memory.read32(start + ((this.pos + i * 4) % size)) : memory.read32(pc + i * 4);
-        if (fromRing) this.pos = (this.pos + len * 4) % size;
-        else this.pc += len * 4;
-        if (++this.count > limits.maxCommands) return this.overLimit(address);
-        this.bytes += len * 4;
+        cmd[0] = dw0;
+        if (fromRing) {
+          for (let i = 1; i < len; i++) cmd[i] = memory.read32(start + ((pos + i * 4) % size));
+          pos = (pos + len * 4) % size;
+        } else {
+          for (let i = 1; i < len; i++) cmd[i] = memory.read32(pc + i * 4);
+          pc += len * 4;
+        }
+        if (++count > maxCommands) {
+          overAt = address;
+          break;
+        }
+        bytes += len * 4;
         scanner.check(spec, len, address);
 
         if (spec === Commands.BATCH_BUFFER_START) {
           const target = address64(cmd[1]!, cmd[2]!);
           scanner.checkRange(target, 4, address);
-          if (++this.jumps > limits.maxBatchJumps) return this.overLimit(address);
-          const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
-          if (this.level === 0) this.level = 1;
-          else if (nested) {
-            if (this.level === 2) throw new ScanError("batch-nesting", address);
-            this.returnPc = this.pc;
-            this.level = 2;
+          if (++jumps > maxBatchJumps) {
+            overAt = address;
+            break;
           }
-          this.pc = target;
+          const nested = (dw0 & BB_SECOND_LEVEL) !== 0;
+          if (level === 0) level = 1;
+          else if (nested) {
+            if (level === 2) throw new ScanError("batch-nesting", address);
+            returnPc = pc;
+            level = 2;
+          }
+          pc = target;
           continue;
         }
         if (spec === Commands.BATCH_BUFFER_END) {
-          if (this.level === 2) {
-            this.level = 1;
-            this.pc = this.returnPc;
-          } else if (this.level === 1) this.level = 0;
+          if (level === 2) {
+            level = 1;
+            pc = returnPc;
+          } else if (level === 1) level = 0;
           continue;
         }
-        if (this.n + len > maxWords) return this.overLimit(address);
-        if (this.n + len > this.out.length) {
-          const grown = new Uint32Array(Math.min(this.out.length * 2 + len, Math.ceil(maxWords)));
-          grown.set(this.out.subarray(0, this.n));
-          this.out = grown;
+        if (n + len > maxWords) {
+          overAt = address;
+          break;
         }
-        if (len === 1) this.out[this.n] = dw0;
-        else this.out.set(cmd.subarray(0, len), this.n);
-        this.n += len;
+        if (n + len > out.length) {
+          const grown = new Uint32Array(Math.min(out.length * 2 + len, Math.ceil(maxWords)));
+          grown.set(out.subarray(0, n));
+          out = grown;
+        }
+        if (len === 1) out[n] = dw0;
+        else out.set(cmd.subarray(0, len), n);
+        n += len;
+      }
+      if (overAt >= 0) {
+        // A limit was passed: if ring commands before this one fit, the submission ends
+        // after them (the rest is scanned again as the next one); if this one alone
+        // passes it, the stream is refused.
+        if (markCount === 0) throw new ScanError("runaway-batch", overAt);
+        n = markN;
+        count = markCount;
+        bytes = markBytes;
+        jumps = markJumps;
+        level = 0;
+        return { commands: out.subarray(0, n), count, bytesScanned: bytes, tail: markPos };
       }
     } catch (e) {
       if (e instanceof GttFault) throw new ScanError("gtt-fault", e.gma);
       throw e;
+    } finally {
+      this.out = out;
+      this.n = n;
+      this.count = count;
+      this.bytes = bytes;
+      this.jumps = jumps;
+      this.level = level;
+      this.pc = pc;
+      this.returnPc = returnPc;
+      this.pos = pos;
+      mark.pos = markPos;
+      mark.n = markN;
+      mark.count = markCount;
+      mark.bytes = markBytes;
+      mark.jumps = markJumps;
     }
-    return this.result(tail);
-  }
-
-  private setMark(): void {
-    const m = this.mark;
-    m.pos = this.pos;
-    m.n = this.n;
-    m.count = this.count;
-    m.bytes = this.bytes;
-    m.jumps = this.jumps;
-  }
-
-  /**
-   * A limit was passed: if ring commands before this one fit, the submission
-   * ends after them (the rest is scanned again as the next one); if this one
-   * alone passes it, the stream is refused.
-   */
-  private overLimit(address: number): ScanResult {
-    const m = this.mark;
-    if (m.count === 0) throw new ScanError("runaway-batch", address);
-    this.n = m.n;
-    this.count = m.count;
-    this.bytes = m.bytes;
-    this.jumps = m.jumps;
-    this.level = 0;
-    return this.result(m.pos);
-  }
-
-  private result(tail: number): ScanResult {
-    return { commands: this.out.subarray(0, this.n), count: this.count, bytesScanned: this.bytes, tail };
+    return { commands: out.subarray(0, n), count, bytesScanned: bytes, tail };
   }
 }
 
