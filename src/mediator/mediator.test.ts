@@ -430,6 +430,57 @@ test("a submission that would pass a limit ends at the last ring command that fi
   local.close();
 });
 
+test("a scan stepped in small budgets ends exactly where one in a go does, across a ring wrap and a limit split", () => {
+  const local = new LocalMemory(1 << 20);
+  const gtt = new Gtt(256);
+  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
+  const mem = new GraphicsMemory(local, gtt);
+  const w = local.words;
+  const ring = 0x10000,
+    batch = 0x20000,
+    nested = 0x21000;
+  for (let i = 0; i < 100; i++) w.set(miStoreDataImm(0x30000 + i * 4, i), batch / 4 + i * 4);
+  w.set(miBatchBufferStart(nested, true), batch / 4 + 400);
+  w[batch / 4 + 403] = MI_BATCH_BUFFER_END;
+  w.set([MI_USER_INTERRUPT, ...miStoreDataImm(0x30800, 7), MI_BATCH_BUFFER_END], nested / 4);
+  // Starts 8 bytes before the end of the 4 KiB ring, so the stream wraps inside a batch start.
+  const stream = [
+    MI_NOOP,
+    ...miBatchBufferStart(batch),
+    ...miBatchBufferStart(batch),
+    ...miStoreDataImm(0x30900, 9),
+  ];
+  const head = 4096 - 8;
+  stream.forEach((d, i) => (w[ring / 4 + ((head / 4 + i) % 1024)] = d));
+  const tail = (head + stream.length * 4) % 4096;
+  const scanner = new Scanner(
+    mem,
+    { base: 0, size: 1 << 20 },
+    { maxCommands: 1 << 16, maxBatchJumps: 256, maxBytes: 2000 },
+  );
+  const whole = (from: number) => scanner.scanRing(ring, 4096, from, tail);
+  for (const budget of [4, 12, 100, 1000]) {
+    let parts = 0;
+    for (let from = head, k = 0; from !== tail; k++) {
+      const want = whole(from);
+      const job = scanner.begin(ring, 4096, from, tail);
+      let got;
+      let steps = 0;
+      while (!(got = job.step(budget))) steps++;
+      assert.ok(budget > 1000 || steps > 0, "took several steps");
+      assert.deepEqual(Array.from(got.commands), Array.from(want.commands), `budget ${budget}, part ${k}`);
+      assert.equal(got.count, want.count);
+      assert.equal(got.bytesScanned, want.bytesScanned);
+      assert.equal(got.tail, want.tail);
+      assert.ok(k < 4 && want.tail !== from);
+      from = want.tail;
+      parts++;
+    }
+    assert.equal(parts, 2, "the limit splits the stream after the first batch start");
+  }
+  local.close();
+});
+
 test("a ring placed outside the partition is refused from the scheduler's loop, which carries on", () => {
   const gpu = new SoftwareGpu({ localMemorySize: 128 << 20 });
   const m = new Mediator({ gpu, mpt: () => noGuest, logger: quiet });
