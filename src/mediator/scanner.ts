@@ -81,9 +81,12 @@ export interface ScanResult {
  * tenants' traps are served in between. Each command is checked on the copy
  * that will run, so nothing the guest changes between steps can slip through.
  */
+/** Flatten buffers a scanner keeps for reuse: one being filled while the last one drains. */
+const SPARE_BUFFERS = 2;
+
 export class ScanJob {
   /** Where the flattened commands go: grown by doubling (up to the limit), handed over without a copy. */
-  private out = new Uint32Array(4096);
+  private out: Uint32Array;
   private n = 0;
   private count = 0;
   private bytes = 0;
@@ -104,6 +107,7 @@ export class ScanJob {
   ) {
     this.pos = head;
     this.mark.pos = head;
+    this.out = scanner.takeBuffer();
   }
 
   get bytesScanned(): number {
@@ -251,6 +255,21 @@ export class ScanJob {
 
 export class Scanner {
   readonly cmd = new Uint32Array(MAX_COMMAND_DWORDS);
+  /**
+   * Flatten buffers of completed submissions, taken again by the next scans. Without
+   * them a flood of large submissions allocates (and doubles its way up to) a new
+   * buffer per submission, and the daemon's memory grows until the collector runs.
+   */
+  private readonly spare: Uint32Array[] = [];
+
+  takeBuffer(): Uint32Array {
+    return this.spare.pop() ?? new Uint32Array(4096);
+  }
+
+  /** A completed submission's commands: its buffer may be reused (two are kept at most). */
+  recycle(commands: Uint32Array): void {
+    if (this.spare.length < SPARE_BUFFERS) this.spare.push(new Uint32Array(commands.buffer));
+  }
 
   constructor(
     readonly memory: GraphicsMemory,

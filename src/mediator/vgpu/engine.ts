@@ -193,6 +193,7 @@ export class VirtualEngine {
   /** The scheduler finished one of our submissions. */
   completed(s: Submission): void {
     this.acceptedBytes -= s.commands.byteLength;
+    this.scanner.recycle(s.commands);
     this.registers.set("RING_HEAD", s.tail);
     if (this.queue.length === 0) this.busy = false;
     this.irq.raise(Irq.IDLE);
