@@ -51,6 +51,14 @@ const noGuest: Mpt = {
   injectInterrupt: () => {},
 };
 
+/** 1 MiB of local memory behind a GTT that maps graphics address A to local address A. */
+function linearGraphicsMemory(): { local: LocalMemory; mem: GraphicsMemory; w: Uint32Array } {
+  const local = new LocalMemory(1 << 20);
+  const gtt = new Gtt(256);
+  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
+  return { local, mem: new GraphicsMemory(local, gtt), w: local.words };
+}
+
 test("types: available instances follow what is free; a failed create allocates nothing", () => {
   const gpu = new SoftwareGpu({ localMemorySize: 128 << 20 });
   const m = new Mediator({ gpu, mpt: () => noGuest, logger: quiet });
@@ -103,11 +111,7 @@ test("the scheduler shares the engine by weight", () => {
 });
 
 test("the scanner flattens ring, chained and nested batches into exactly the commands that run", () => {
-  const local = new LocalMemory(1 << 20);
-  const gtt = new Gtt(256);
-  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
-  const mem = new GraphicsMemory(local, gtt);
-  const w = local.words;
+  const { local, mem, w } = linearGraphicsMemory();
   const ring = 0x10000,
     a = 0x20000,
     b = 0x21000,
@@ -395,11 +399,7 @@ test("removal, engine reset and FLR drop running and queued work first: nothing 
 });
 
 test("a submission that would pass a limit ends at the last ring command that fits; one command alone past it is refused", () => {
-  const local = new LocalMemory(1 << 20);
-  const gtt = new Gtt(256);
-  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
-  const mem = new GraphicsMemory(local, gtt);
-  const w = local.words;
+  const { local, mem, w } = linearGraphicsMemory();
   const ring = 0x10000,
     batch = 0x20000,
     big = 0x40000;
@@ -431,11 +431,7 @@ test("a submission that would pass a limit ends at the last ring command that fi
 });
 
 test("a scan stepped in small budgets ends exactly where one in a go does, across a ring wrap and a limit split", () => {
-  const local = new LocalMemory(1 << 20);
-  const gtt = new Gtt(256);
-  for (let i = 0; i < 256; i++) gtt.write(i, gttEntry("local", i * 4096));
-  const mem = new GraphicsMemory(local, gtt);
-  const w = local.words;
+  const { local, mem, w } = linearGraphicsMemory();
   const ring = 0x10000,
     batch = 0x20000,
     nested = 0x21000;
