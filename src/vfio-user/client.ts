@@ -416,6 +416,13 @@ export class Client {
     this.service = service;
     const loop = async (): Promise<void> => {
       while (service.running) {
+        // Requests read along with an earlier reply are in our buffer, not in the socket: serve them first.
+        try {
+          this.serviceRequests();
+        } catch (e) {
+          this.log.warn({ err: String(e) }, "stopping request service");
+          break;
+        }
         await poller.waitAsync(-1);
         if (!service.running) break;
         if (poller.revents(1)) wake.read();

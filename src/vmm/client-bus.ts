@@ -50,6 +50,9 @@ export class ClientBus extends RegionBus {
       if (this.msi.read() > 0) return true;
       const left = deadline - Date.now();
       if (left <= 0) return false;
+      // A request may already sit in the client's buffer (read with the reply to our last
+      // access): poll would not see it, and the device would wait on us while we wait on it.
+      if (this.client.serviceRequests() > 0) continue;
       this.poller.setAll([this.msi.fd, this.client.serviceFd], POLLIN);
       if (this.poller.wait(Math.min(left, 0x7fffffff)) === 0) continue;
       if (this.poller.revents(1)) this.client.serviceRequests();
