@@ -8,7 +8,7 @@
  * carries fds, so fds that arrive with a read belong to the message holding the
  * last byte of that read; that is how they are matched here.
  */
-import { SocketChannel, SysError } from "../sys/index.js";
+import { POLLERR, POLLHUP, POLLIN, SocketChannel, SysError, pollOne } from "../sys/index.js";
 import { FLAG_ERROR, FLAG_NO_REPLY, FLAG_TYPE_MASK, FLAG_TYPE_REPLY, HEADER_SIZE } from "./constants.js";
 import { Errno, ProtocolError } from "./errors.js";
 import { PayloadReader, PayloadWriter } from "./messages.js";
@@ -105,6 +105,11 @@ export class Connection {
 
   get fd(): number {
     return this.channel.fd;
+  }
+
+  /** True when the peer has closed its end (what it sent before may still be unread). */
+  peerHungUp(): boolean {
+    return (pollOne(this.fd, POLLIN, 0) & (POLLHUP | POLLERR)) !== 0;
   }
 
   /** A fresh message id (u16, wrapping). */

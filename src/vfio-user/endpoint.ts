@@ -35,6 +35,12 @@ export class Endpoint {
   connections = 0;
   /** Connections that negotiated as observers and are still open. */
   observers = 0;
+  /**
+   * Set by the server: closes the owner's session when its peer has hung up
+   * but the loop has not reaped it yet (a VMM that reconnects at once must
+   * find the device free, not be made an observer of its own dead session).
+   */
+  reapOwnerIfGone: () => void = () => {};
 
   constructor(
     readonly device: VfioDevice,

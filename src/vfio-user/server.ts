@@ -124,7 +124,7 @@ export class Server {
       maxClientFds: options.maxClientFds ?? 1024,
     };
     this.negotiationTimeoutMs = options.negotiationTimeoutMs ?? 5000;
-    this.primary = device ? new Endpoint(device, -1, undefined) : undefined;
+    this.primary = device ? this.withReaper(new Endpoint(device, -1, undefined)) : undefined;
   }
 
   /** Counters of the device given to the constructor. */
@@ -140,7 +140,7 @@ export class Server {
   /** Serves another device on its own socket path, from the same loop. */
   addDevice(device: VfioDevice, path: string): Endpoint {
     rmSync(path, { force: true });
-    const e = new Endpoint(device, listenUnix(path), path);
+    const e = this.withReaper(new Endpoint(device, listenUnix(path), path));
     this.endpoints.push(e);
     this.pollDirty = true;
     return e;
@@ -443,6 +443,14 @@ export class Server {
     endpoint.connections++;
     this.pollDirty = true;
     this.log.debug({ fd }, "client connected");
+  }
+
+  private withReaper(e: Endpoint): Endpoint {
+    e.reapOwnerIfGone = () => {
+      const owner = this.sessions.find((s) => s.endpoint === e && s === e.owner);
+      if (owner?.conn.peerHungUp()) this.closeSession(owner, "peer hung up");
+    };
+    return e;
   }
 
   private closeSession(s: Session, reason: string): void {

@@ -219,6 +219,23 @@ for (const twin of [false, true]) {
       c.close();
     });
 
+    test("a VMM that reconnects right after closing finds the device free, not held by its dead session", () => {
+      const guest = new Uint8Array(8192);
+      const memory = { read: (_: bigint, out: Uint8Array) => out.fill(1), write: () => {} };
+      for (let i = 0; i < 20; i++) {
+        const a = Client.connect(server.socketPath, { ...quiet, twinSocket: twin, memory });
+        a.dmaMap({ flags: 3, offset: 0n, address: 0x8000_0000n, size: BigInt(guest.length) });
+        a.startService();
+        // Its last message (a posted doorbell whose DMA it will never answer) and its hang-up arrive together.
+        doorbell(a, 0x8000_0000n, 1000, i, 1, true);
+        a.close();
+        const b = Client.connect(server.socketPath, { ...quiet, twinSocket: twin });
+        b.regionWrite(PciRegion.BAR0, 0x48, u32(i + 1)); // an owner's request (EBUSY for an observer)
+        assert.equal(readU32(b, PciRegion.BAR0, 0x48), i + 1);
+        b.close();
+      }
+    });
+
     test("REGION_WRITE_MULTI, large transfers, reset and migration data round-trip", () => {
       const c = Client.connect(server.socketPath, { ...quiet, twinSocket: twin, writeMultiple: true });
       const n = c.regionWriteMulti([

@@ -45,6 +45,7 @@ export function handleVersion(s: Session, m: Message): number {
   s.peer = peer;
   s.negotiated = true;
   const endpoint = s.endpoint;
+  if (endpoint.owner !== undefined) endpoint.reapOwnerIfGone();
   if (endpoint.owner === undefined) {
     // The first to negotiate while nobody holds the device is its VMM.
     s.role = "owner";
