@@ -5,7 +5,15 @@
  * (DMA_READ / DMA_WRITE) are answered while we wait, or when idle through
  * `serviceRequests()` / `startService()`.
  */
-import { EventFd, POLLIN, Poller, connectUnix, setReceiveTimeout, setSendTimeout } from "../sys/index.js";
+import {
+  EventFd,
+  POLLIN,
+  Poller,
+  connectUnix,
+  setReceiveTimeout,
+  setSendTimeout,
+  shutdownSocket,
+} from "../sys/index.js";
 import { type Capabilities, parseCapabilities, serializeCapabilities } from "./capabilities.js";
 import { Connection, type Message } from "./connection.js";
 import {
@@ -439,6 +447,8 @@ export class Client {
     void loop();
   }
 
+  private closed = false;
+
   stopService(): void {
     if (!this.service) return;
     this.service.running = false;
@@ -447,7 +457,14 @@ export class Client {
   }
 
   close(): void {
+    if (this.closed) return; // its fd numbers may belong to someone else by now
+    this.closed = true;
     this.stopService();
+    // The request service's poll, on a worker thread, holds the socket open until it
+    // wakes: shut it down first, so the server sees the hang-up now and a client that
+    // reconnects at once finds the device free.
+    if (this.twin) shutdownSocket(this.twin.fd);
+    shutdownSocket(this.conn.fd);
     this.twin?.close();
     this.conn.close();
   }
