@@ -179,7 +179,9 @@ test("2,000 vGPU create/remove cycles leave the mapping count where it was (BAR0
   const after = mappings();
   const vm1 = statusKiB(process.pid, "VmSize");
   t.diagnostic(`mappings ${before} -> ${after}; VmSize ${vm0} -> ${vm1} KiB`);
-  assert.ok(after - before < 16, `mappings grew from ${before} to ${after}`);
+  // A leak is one mapping per cycle (2,000); the JS heap and thread arenas move the
+  // count by a few dozen on their own (195 from 176 was seen once with no leak).
+  assert.ok(after - before < 100, `mappings grew from ${before} to ${after}`);
 });
 
 test("a window the device holds a view of is revoked at DMA_UNMAP and unmapped at the end of the workload", () => {
