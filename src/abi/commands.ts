@@ -77,10 +77,12 @@ export type CommandCheckResult = (typeof CommandCheck)[keyof typeof CommandCheck
  * - "batch": where a batch buffer starts (the scanner follows it);
  * - "surface": a 32 bpp blit surface, the rows of the blit's height from the Y
  *   of `originDword`, at the pitch in bits 15:0 of `pitchDword`.
+ * `written`: the engine writes through it (data, a blit's destination); else it only reads.
  * Every operand has every field (unused ones 0), so the scanner's loads stay monomorphic.
  */
 export interface AddressOperand {
   readonly kind: "data" | "batch" | "surface";
+  readonly written: boolean;
   readonly dword: number;
   readonly align: number;
   readonly when: number;
@@ -90,6 +92,7 @@ export interface AddressOperand {
 
 const dataOperand = (dword: number, align: number, when: number): AddressOperand => ({
   kind: "data",
+  written: true,
   dword,
   align,
   when,
@@ -98,14 +101,21 @@ const dataOperand = (dword: number, align: number, when: number): AddressOperand
 });
 const batchOperand = (dword: number): AddressOperand => ({
   kind: "batch",
+  written: false,
   dword,
   align: 4,
   when: 0,
   pitchDword: 0,
   originDword: 0,
 });
-const surfaceOperand = (dword: number, pitchDword: number, originDword: number): AddressOperand => ({
+const surfaceOperand = (
+  dword: number,
+  pitchDword: number,
+  originDword: number,
+  written: boolean,
+): AddressOperand => ({
   kind: "surface",
+  written,
   dword,
   align: 1,
   when: 0,
@@ -227,11 +237,11 @@ export const Commands = {
     addresses: [batchOperand(1)],
   }),
   XY_COLOR_BLT: xyBlt("XY_COLOR_BLT", BltOp.XY_COLOR_BLT, 7, ROP_PATCOPY, [
-    surfaceOperand(Blt.DST_ADDRESS, Blt.BR13, Blt.DST_TOP_LEFT),
+    surfaceOperand(Blt.DST_ADDRESS, Blt.BR13, Blt.DST_TOP_LEFT, true),
   ]),
   XY_SRC_COPY_BLT: xyBlt("XY_SRC_COPY_BLT", BltOp.XY_SRC_COPY_BLT, 10, ROP_SRCCOPY, [
-    surfaceOperand(Blt.DST_ADDRESS, Blt.BR13, Blt.DST_TOP_LEFT),
-    surfaceOperand(Blt.SRC_ADDRESS, Blt.SRC_PITCH, Blt.SRC_TOP_LEFT),
+    surfaceOperand(Blt.DST_ADDRESS, Blt.BR13, Blt.DST_TOP_LEFT, true),
+    surfaceOperand(Blt.SRC_ADDRESS, Blt.SRC_PITCH, Blt.SRC_TOP_LEFT, false),
   ]),
 } as const satisfies Record<string, CommandSpec>;
 

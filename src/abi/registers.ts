@@ -140,8 +140,11 @@ export const ENGINE_RESET_BIT = 1;
 
 /**
  * Why the engine stopped (ENGINE_ERROR). The parent's engine reports the low
- * codes; a vGPU adds its scanner's verdicts (REJECTED | `ScanRejectionCode`)
- * and the watchdog's HANG.
+ * codes; a vGPU adds its scanner's verdicts (REJECTED | `ScanRejectionCode`),
+ * the watchdog's HANG (which counts time spent waiting for guest memory too),
+ * and DMA_ERROR: guest memory the VMM serves by messages could not be staged
+ * or written back (the VMM refused, unmapped it, or the submission touches more
+ * than a vGPU may stage at once).
  */
 export const EngineError = {
   NONE: 0,
@@ -153,6 +156,7 @@ export const EngineError = {
   BAD_REGISTER: 6,
   REJECTED: 0x100,
   HANG: 0x200,
+  DMA_ERROR: 0x300,
 } as const;
 
 /** What the command scanner refused a submission for: the low byte of ENGINE_ERROR after REJECTED. */

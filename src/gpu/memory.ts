@@ -88,6 +88,12 @@ export class LocalMemory {
 export interface SystemMemory {
   /** The page at a page-aligned DMA address, or undefined if nothing is there. */
   page(address: bigint): Uint8Array | undefined;
+  /**
+   * The engine wrote [offset, offset+length) of the page at `address` (told
+   * after every write to system memory, as an IOMMU's dirty tracking would be):
+   * an owner that holds copies of guest pages writes back exactly those bytes.
+   */
+  wrote?(address: bigint, offset: number, length: number): void;
 }
 
 /** A graphics address that has no valid translation. */
@@ -145,11 +151,13 @@ export interface Run {
   offset: number;
   length: number;
   local: boolean;
+  /** For a system page: its DMA address (as the GTT holds it). */
+  address: bigint;
 }
 
 export class GraphicsMemory {
   private system: SystemMemory | undefined;
-  private readonly run: Run = { bytes: new Uint8Array(0), offset: 0, length: 0, local: true };
+  private readonly run: Run = { bytes: new Uint8Array(0), offset: 0, length: 0, local: true, address: 0n };
   private readonly scratch = new Uint8Array(8);
   private readonly scratchView = new DataView(this.scratch.buffer);
   private staging = new Uint8Array(0);
@@ -182,6 +190,7 @@ export class GraphicsMemory {
       run.offset = within;
       run.length = Math.min(length, PAGE_SIZE - within);
       run.local = false;
+      run.address = address;
       return run;
     }
     const base = this.gtt.hi[index]! * 0x100000000 + ((lo & ~0xfff) >>> 0);
@@ -251,6 +260,7 @@ export class GraphicsMemory {
     for (let done = 0; done < data.length;) {
       const r = this.resolve(gma + done, data.length - done);
       r.bytes.set(data.subarray(done, done + r.length), r.offset);
+      if (!r.local) this.system?.wrote?.(r.address, r.offset, r.length);
       done += r.length;
     }
   }
@@ -273,6 +283,7 @@ export class GraphicsMemory {
       } else {
         const v = new DataView(r.bytes.buffer, r.bytes.byteOffset + r.offset, r.length);
         for (let i = 0; i < r.length; i += 4) v.setUint32(i, value, true);
+        if (!r.local) this.system?.wrote?.(r.address, r.offset, r.length);
       }
       done += r.length;
     }

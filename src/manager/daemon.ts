@@ -274,7 +274,9 @@ export class Daemon {
           ...(withStats
             ? {
                 stats: vgpu.stats,
+                // Guest pages fetched by DMA_READ (memory served by messages), and bytes written back.
                 explicitFrameMaps: vgpu.mpt instanceof VfioUserMpt ? vgpu.mpt.maps : 0,
+                dmaBytesWrittenBack: vgpu.mpt instanceof VfioUserMpt ? vgpu.mpt.writtenBack : 0,
                 regionReads: Array.from(endpoint.stats.regionReads.subarray(0, 9)),
                 regionWrites: Array.from(endpoint.stats.regionWrites.subarray(0, 9)),
               }

@@ -46,9 +46,18 @@ const quiet = quietLogger;
 /** These tests never reach guest memory. */
 const noGuest: Mpt = {
   mapGuestPage: () => undefined,
-  readGuest: () => assert.fail("no guest memory in this test"),
-  writeGuest: () => assert.fail("no guest memory in this test"),
+  wrote: () => {},
   injectInterrupt: () => {},
+  release: () => {},
+  cancel: () => {},
+  phase: "run",
+  stagesPages: false,
+  needsStaging: () => false,
+  isStaged: () => false,
+  stagedPages: 0,
+  stage: () => assert.fail("no guest memory in this test"),
+  drop: () => {},
+  writeBack: () => assert.fail("no guest memory in this test"),
 };
 
 /** 1 MiB of local memory behind a GTT that maps graphics address A to local address A. */

@@ -58,6 +58,10 @@ export class Mediator {
         const v = this.byId.get(Number(address >> 48n));
         return v?.mpt?.mapGuestPage(address & ((1n << 48n) - 1n));
       },
+      wrote: (address, offset, length) => {
+        const v = this.byId.get(Number(address >> 48n));
+        v?.mpt?.wrote(address & ((1n << 48n) - 1n), offset, length);
+      },
     });
   }
 

@@ -61,9 +61,36 @@ export const defaultScanLimits: ScanLimits = {
   maxBytes: QueueLimits.SUBMISSION_BYTES,
 };
 
+/**
+ * The graphics memory a submission's commands reach, as (gma, length, written)
+ * ranges: what must be made present before it runs when guest memory is staged.
+ * A superset (whole rows of a blit's surfaces), merged as it is recorded.
+ */
+export class Footprint {
+  /** Triples: gma, length, 1 if the engine writes through it. */
+  readonly ranges: number[] = [];
+
+  add(gma: number, length: number, written: boolean): void {
+    if (length <= 0) return;
+    const r = this.ranges;
+    const n = r.length;
+    const w = written ? 1 : 0;
+    // The same surface again (the common case): extend the last range instead of adding one.
+    if (n > 0 && r[n - 1] === w && gma <= r[n - 3]! + r[n - 2]! && gma + length >= r[n - 3]!) {
+      const start = Math.min(gma, r[n - 3]!);
+      r[n - 2] = Math.max(gma + length, r[n - 3]! + r[n - 2]!) - start;
+      r[n - 3] = start;
+      return;
+    }
+    r.push(gma, length, w);
+  }
+}
+
 export interface ScanResult {
   /** The flattened, checked commands (no batch starts or ends): a copy the guest cannot reach. */
   readonly commands: Uint32Array;
+  /** What its commands reach, if the scanner was asked to record it (`Scanner.recordFootprint`). */
+  readonly footprint: Footprint | undefined;
   readonly count: number;
   readonly bytesScanned: number;
   /**
@@ -97,6 +124,8 @@ export class ScanJob {
   private pos: number;
   /** The state at the last ring-level command boundary: where to end if a limit is passed after it. */
   private mark = { pos: 0, n: 0, count: 0, bytes: 0, jumps: 0 };
+  /** Recorded as commands are checked (when the scanner records footprints). */
+  readonly footprint: Footprint | undefined;
 
   constructor(
     private readonly scanner: Scanner,
@@ -108,6 +137,12 @@ export class ScanJob {
     this.pos = head;
     this.mark.pos = head;
     this.out = scanner.takeBuffer();
+    this.footprint = scanner.recordFootprint ? new Footprint() : undefined;
+  }
+
+  /** Where the scan reads next: in the ring (ring offset) or in a batch (a GMA). */
+  get position(): { inBatch: boolean; at: number } {
+    return { inBatch: this.level > 0, at: this.level > 0 ? this.pc : this.pos };
   }
 
   get bytesScanned(): number {
@@ -179,7 +214,7 @@ export class ScanJob {
           break;
         }
         bytes += len * 4;
-        scanner.check(spec, len, address);
+        scanner.check(spec, len, address, this.footprint);
 
         if (spec === Commands.BATCH_BUFFER_START) {
           const target = address64(cmd[1]!, cmd[2]!);
@@ -228,7 +263,14 @@ export class ScanJob {
         bytes = markBytes;
         jumps = markJumps;
         level = 0;
-        return { commands: out.subarray(0, n), count, bytesScanned: bytes, tail: markPos };
+        // (The footprint may hold the ranges of the commands left for the next one: a superset is fine.)
+        return {
+          commands: out.subarray(0, n),
+          footprint: this.footprint,
+          count,
+          bytesScanned: bytes,
+          tail: markPos,
+        };
       }
     } catch (e) {
       if (e instanceof GttFault) throw new ScanError("gtt-fault", e.gma);
@@ -249,7 +291,7 @@ export class ScanJob {
       mark.bytes = markBytes;
       mark.jumps = markJumps;
     }
-    return { commands: out.subarray(0, n), count, bytesScanned: bytes, tail };
+    return { commands: out.subarray(0, n), footprint: this.footprint, count, bytesScanned: bytes, tail };
   }
 }
 
@@ -261,6 +303,8 @@ export class Scanner {
    * buffer per submission, and the daemon's memory grows until the collector runs.
    */
   private readonly spare: Uint32Array[] = [];
+  /** Record each submission's footprint (its vGPU's guest memory is staged). */
+  recordFootprint = false;
 
   takeBuffer(): Uint32Array {
     return this.spare.pop() ?? new Uint32Array(4096);
@@ -299,7 +343,7 @@ export class Scanner {
   }
 
   /** The command table's rules, then every graphics address the command carries must be the vGPU's. */
-  check(spec: CommandSpec, len: number, address: number): void {
+  check(spec: CommandSpec, len: number, address: number, footprint?: Footprint): void {
     if (spec.privileged) throw new ScanError("privileged-command", address);
     const verdict = checkCommand(spec, this.cmd, len);
     if (verdict === CommandCheck.BAD_REGISTER) throw new ScanError("register-not-allowed", address);
@@ -321,10 +365,15 @@ export class Scanner {
       const at = address64(c[operand.dword]!, c[operand.dword + 1]!);
       if (operand.kind === "surface") {
         const y = coordY(c[operand.originDword]!);
-        this.checkRows(at, bltPitch(c[operand.pitchDword]!), Math.max(0, y), y + height, address);
+        const pitch = bltPitch(c[operand.pitchDword]!);
+        const y1 = Math.max(0, y);
+        this.checkRows(at, pitch, y1, y + height, address);
+        footprint?.add(at + y1 * pitch, (y + height - y1) * pitch, operand.written);
       } else if (operand.kind === "data") {
-        if (operand.when === 0 || c[0]! & operand.when)
+        if (operand.when === 0 || c[0]! & operand.when) {
           this.checkRange(at - (at % operand.align), (len - 3) * 4, address);
+          footprint?.add(at - (at % operand.align), (len - 3) * 4, operand.written);
+        }
       } // "batch": followed (and checked) by the scan loop
     }
   }

@@ -8,10 +8,19 @@
  * submission's engine time: past its budget, the engine is reset and that vGPU
  * gets a hang error, the others carry on. It reaches the parent only through
  * the host's NativeDriver.
+ *
+ * A vGPU whose guest memory is served by messages waits off the engine, never
+ * on it: before its submission starts, the guest pages its commands reach are
+ * staged in one DMA batch; after it completes, what the engine wrote goes back
+ * in another, and only then does the guest see the head move and the
+ * interrupt. Meanwhile the vGPU is skipped and everyone else runs; the wait
+ * counts against the submission's watchdog (the DMA deadline is what is left of it).
  */
 import { EngineError, Irq } from "../abi/index.js";
+import type { MgpuError } from "../base/index.js";
 import { type EngineContext, NativeDriver, type ParentGpu } from "../gpu/index.js";
 import type { Submission, Vgpu } from "./vgpu/index.js";
+import { pagesOfFootprint } from "./vgpu/staging.js";
 import { SampleLog } from "../base/index.js";
 
 export interface SchedulerOptions {
@@ -98,6 +107,11 @@ export class Scheduler {
     return this.host.batchBytes - 4;
   }
 
+  /** Engine time (ms) one submission may have, time waiting for its guest memory included. */
+  get watchdogMs(): number {
+    return this.options.timeBudgetMs ?? 500;
+  }
+
   add(v: Vgpu): void {
     this.vgpus.push(v);
     v.engine.scheduler = this;
@@ -122,15 +136,16 @@ export class Scheduler {
       this.host.resetEngine();
       this.running = undefined;
       this.current = undefined;
-      v.mpt?.release?.();
     }
+    v.mpt?.cancel();
   }
 
   get pending(): boolean {
     return (
       this.running !== undefined ||
       this.preempted.size > 0 ||
-      this.vgpus.some((v) => v.pending || v.engine.scanPending)
+      // A vGPU waiting for its guest memory is not work: the DMA reply wakes the loop.
+      this.vgpus.some((v) => !v.engine.waiting && (v.pending || v.engine.scanPending))
     );
   }
 
@@ -197,7 +212,7 @@ export class Scheduler {
     let next: Vgpu | undefined;
     let best = Infinity;
     for (const v of this.vgpus) {
-      if (this.running?.w.vgpu !== v && !this.preempted.has(v) && !v.pending) continue;
+      if (this.running?.w.vgpu !== v && !this.preempted.has(v) && (!v.pending || v.engine.waiting)) continue;
       const score = v.stats.busyMs / v.type.weight;
       // The running submission keeps the engine on a tie (no switch for nothing).
       if (score < best || (score === best && this.running?.w.vgpu === v)) {
@@ -219,12 +234,66 @@ export class Scheduler {
       v.engine.failed(EngineError.BAD_COMMAND, 0, false);
       return false;
     }
+    if (!w.staged && !this.stage(w)) {
+      v.engine.queue.unshift(w); // it waits at the head of its queue for its pages
+      return false;
+    }
     this.host.loadContext(v.engine.gpr);
     this.current = v;
     v.engine.started();
     this.host.submitBatch(w.commands);
-    this.running = { w, engineMs: 0, executed: 0, loadedAt: 0 };
+    this.running = { w, engineMs: w.dmaMs, executed: 0, loadedAt: 0 };
     return true;
+  }
+
+  /**
+   * Stages the guest pages a submission reaches: true if there is nothing to
+   * wait for; else one DMA batch goes out and the submission starts on a
+   * later tick, once its pages are in.
+   */
+  private stage(w: Submission): boolean {
+    const v = w.vgpu;
+    const mpt = v.mpt;
+    const pages = mpt && w.footprint ? pagesOfFootprint(v.gpu.gtt, mpt, w.footprint) : undefined;
+    if (!mpt || !pages || pages.fetch.length + pages.blank.length === 0) {
+      w.staged = true;
+      return true;
+    }
+    const left = Math.max(1, this.watchdogMs - w.dmaMs);
+    this.wait(
+      v,
+      w,
+      (done) => mpt.stage("run", pages.fetch, pages.blank, left, done),
+      () => (w.staged = true),
+    );
+    return false;
+  }
+
+  /**
+   * Parks `v` while `operation` (a DMA batch) is on the wire; its time is the
+   * submission's (the watchdog counts it). `then` runs when it succeeded;
+   * a failure stops that vGPU alone.
+   */
+  private wait(
+    v: Vgpu,
+    w: Submission,
+    operation: (done: (e?: MgpuError) => void) => void,
+    then: () => void,
+  ): void {
+    const engine = v.engine;
+    const epoch = engine.epoch;
+    const t0 = performance.now();
+    engine.waiting = true;
+    v.stats.dmaBatches++;
+    operation((error) => {
+      if (engine.epoch !== epoch) return; // its work was dropped meanwhile
+      const took = performance.now() - t0;
+      w.dmaMs += took;
+      v.stats.dmaWaitMs += took;
+      engine.waiting = false;
+      if (error) engine.dmaFailed(error);
+      else then();
+    });
   }
 
   /** Takes the running submission off the engine part-way, keeping what it needs to resume. */
@@ -280,17 +349,16 @@ export class Scheduler {
     this.totalBusyMs += t - t0;
     r.engineMs += t - t0;
     if (!host.idle && r.executed < budget && r.engineMs < deadline) return; // more slices to come
-    this.finish(r.w);
+    this.finish(r);
   }
 
-  private finish(w: Submission): void {
+  private finish(r: Running): void {
+    const w = r.w;
     const v = w.vgpu;
     const host = this.host;
     this.running = undefined;
     this.current = undefined;
     host.saveContext(v.engine.gpr);
-    // Explicitly mapped guest frames go back before the guest hears about completion.
-    v.mpt?.release?.();
     const code = host.error;
     if (code !== EngineError.NONE) {
       const address = host.errorAddress;
@@ -301,7 +369,32 @@ export class Scheduler {
       host.resetEngine();
       v.engine.failed(0, 0, true);
     } else {
-      v.engine.completed(w);
+      this.writeBack(r);
+      return;
     }
+    v.mpt?.cancel(); // failed: nothing it staged goes back
+  }
+
+  /** What the engine wrote into staged guest pages goes back before the guest hears of completion. */
+  private writeBack(r: Running): void {
+    const w = r.w;
+    const v = w.vgpu;
+    const mpt = v.mpt;
+    if (!mpt || w.footprint === undefined) {
+      mpt?.release();
+      v.engine.completed(w);
+      return;
+    }
+    // engineMs already holds the time it waited to be staged.
+    const left = Math.max(1, this.watchdogMs - r.engineMs);
+    this.wait(
+      v,
+      w,
+      (done) => mpt.writeBack(left, done),
+      () => {
+        mpt.release();
+        v.engine.completed(w);
+      },
+    );
   }
 }

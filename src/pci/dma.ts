@@ -229,38 +229,87 @@ export class DmaSpace {
    * copied now, the parts the client serves go out as one batch of pipelined
    * DMA_READs (contiguous ranges in as few messages as the transfer size
    * allows, not one per page), and `done` runs on the serving loop when all are
-   * in — or with the error (ETIMEDOUT after the reply timeout). `out` must stay
-   * untouched until then. Checks (bus master, mapping, permission) throw now.
+   * in — or with the error (ETIMEDOUT after the reply timeout, or `timeoutMs`
+   * if shorter). `out` must stay untouched until then. Checks (bus master,
+   * mapping, permission) throw now.
    */
-  readAsync(address: bigint, out: Uint8Array, done: DmaDone): void {
-    this.transferAsync(address, out, false, done);
+  readAsync(address: bigint, out: Uint8Array, done: DmaDone, timeoutMs?: number): void {
+    this.transferAsync([{ address, bytes: out }], false, done, timeoutMs);
   }
 
   /** The same for writes (dirty pages are marked when the batch is sent). */
-  writeAsync(address: bigint, data: Uint8Array, done: DmaDone): void {
-    this.transferAsync(address, data, true, done);
+  writeAsync(address: bigint, data: Uint8Array, done: DmaDone, timeoutMs?: number): void {
+    this.transferAsync([{ address, bytes: data }], true, done, timeoutMs);
   }
 
-  private transferAsync(address: bigint, bytes: Uint8Array, isWrite: boolean, done: DmaDone): void {
+  /** readAsync over a scatter-gather list: every piece is checked first, then one batch goes out. */
+  readPiecesAsync(pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void {
+    this.transferAsync(pieces, false, done, timeoutMs);
+  }
+
+  /** writeAsync over a scatter-gather list. */
+  writePiecesAsync(pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void {
+    this.transferAsync(pieces, true, done, timeoutMs);
+  }
+
+  /** True if the page at `address` is in a window the client shared by fd (a direct view exists). */
+  isDirect(address: bigint): boolean {
+    const w = this.find(address);
+    return w !== undefined && w.direct;
+  }
+
+  /** True if the page at `address` is in a window the client serves by messages (no fd). */
+  isMessageBased(address: bigint): boolean {
+    const w = this.find(address);
+    return w !== undefined && !w.direct;
+  }
+
+  /** Some window is reached only by DMA messages. */
+  get hasMessageWindows(): boolean {
+    return this.windows.some((w) => !w.direct);
+  }
+
+  private find(address: bigint): Window | undefined {
+    for (const w of this.windows) if (address >= w.address && address < w.end) return w;
+    return undefined;
+  }
+
+  private transferAsync(
+    pieces: readonly DmaPiece[],
+    isWrite: boolean,
+    done: DmaDone,
+    timeoutMs: number | undefined,
+  ): void {
     this.checkBusMaster();
+    // Everything is checked before anything moves: a bad piece fails the whole list at once.
     const remote: DmaPiece[] = [];
-    let at = 0;
-    while (at < bytes.length) {
-      const { window: w, offset } = this.locate(address + BigInt(at), 1);
-      this.checkPermission(w, isWrite);
-      const n = Math.min(bytes.length - at, w.size - offset);
-      if (w.direct) this.transfer(address + BigInt(at), bytes.subarray(at, at + n), isWrite);
-      else {
-        remote.push({ address: address + BigInt(at), bytes: bytes.subarray(at, at + n) });
-        if (isWrite) this.markDirty(w, offset, n);
+    const local: DmaPiece[] = [];
+    for (const piece of pieces) {
+      const { address, bytes } = piece;
+      let at = 0;
+      while (at < bytes.length) {
+        const { window: w, offset } = this.locate(address + BigInt(at), 1);
+        this.checkPermission(w, isWrite);
+        const n = Math.min(bytes.length - at, w.size - offset);
+        const part = { address: address + BigInt(at), bytes: bytes.subarray(at, at + n) };
+        if (w.direct) local.push(part);
+        else {
+          remote.push(part);
+          if (isWrite) this.markDirty(w, offset, n);
+        }
+        at += n;
       }
-      at += n;
     }
+    for (const p of local) this.transfer(p.address, p.bytes, isWrite);
     if (remote.length === 0) return done();
     const session = this.options.session();
     if (!session) throw new DmaError(Errno.ENOTCONN, "no client to carry DMA messages");
-    if (isWrite) session.dmaWriteAsync(remote, done);
-    else session.dmaReadAsync(remote, done);
+    let bytes = 0;
+    for (const p of remote) bytes += p.bytes.length;
+    if (isWrite) this.bytesWritten += bytes;
+    else this.bytesRead += bytes;
+    if (isWrite) session.dmaWriteAsync(remote, done, timeoutMs);
+    else session.dmaReadAsync(remote, done, timeoutMs);
   }
 
   /** Reads a scatter-gather list into one buffer, in order. */

@@ -37,11 +37,13 @@ export interface DeviceSession {
    * Reads client memory without waiting: every piece's DMA_READ goes out at
    * once (pipelined, at most max_data_xfer_size each) and the loop goes on
    * serving everyone; `done` runs on the loop when the last reply is in, on the
-   * first failure, or after the reply timeout. The bytes must stay valid until then.
+   * first failure, or after the reply timeout (the server's, or `timeoutMs` if
+   * shorter: a device's own deadline, e.g. its watchdog's time left). The bytes
+   * must stay valid until then.
    */
-  dmaReadAsync(pieces: readonly DmaPiece[], done: DmaDone): void;
+  dmaReadAsync(pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void;
   /** The same for DMA_WRITE. */
-  dmaWriteAsync(pieces: readonly DmaPiece[], done: DmaDone): void;
+  dmaWriteAsync(pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void;
   /** Most DMA mappings this client may hold (a DMA_MAP past it gets ENOSPC). */
   readonly maxDmaMappings: number;
 }

@@ -118,16 +118,16 @@ export class Session implements DeviceSession {
   /** Asynchronous DMA requests on the wire, by message id. */
   readonly pending = new Map<number, PendingDma>();
 
-  dmaReadAsync(pieces: readonly DmaPiece[], done: DmaDone): void {
-    this.dmaStart(Command.DMA_READ, pieces, done);
+  dmaReadAsync(pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void {
+    this.dmaStart(Command.DMA_READ, pieces, done, timeoutMs);
   }
 
-  dmaWriteAsync(pieces: readonly DmaPiece[], done: DmaDone): void {
-    this.dmaStart(Command.DMA_WRITE, pieces, done);
+  dmaWriteAsync(pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void {
+    this.dmaStart(Command.DMA_WRITE, pieces, done, timeoutMs);
   }
 
   /** Sends every request of a batch now (never blocking: the output queue takes what the socket does not). */
-  private dmaStart(command: number, pieces: readonly DmaPiece[], done: DmaDone): void {
+  private dmaStart(command: number, pieces: readonly DmaPiece[], done: DmaDone, timeoutMs?: number): void {
     const target = this.twin ?? this.conn;
     const chunkMax = Math.min(this.peer.maxDataXferSize, target.options.maxMessageSize - HEADER_SIZE - 32);
     const isWrite = command === Command.DMA_WRITE;
@@ -137,7 +137,7 @@ export class Session implements DeviceSession {
     if (messages === 0) return batch.complete();
     if (this.pending.size + messages > 0xff00)
       return batch.complete(new VfioUserError(Errno.EAGAIN, "too many DMA requests outstanding"));
-    const deadline = performance.now() + this.limits.timeoutMs;
+    const deadline = performance.now() + Math.max(0, Math.min(this.limits.timeoutMs, timeoutMs ?? Infinity));
     for (const p of pieces)
       for (let done = 0; done < p.bytes.length;) {
         const count = Math.min(chunkMax, p.bytes.length - done);
@@ -179,12 +179,7 @@ export class Session implements DeviceSession {
         continue;
       }
       this.pending.delete(id);
-      p.batch.complete(
-        new VfioUserError(
-          Errno.ETIMEDOUT,
-          `no reply to ${commandName(p.command)} within ${this.limits.timeoutMs} ms`,
-        ),
-      );
+      p.batch.complete(new VfioUserError(Errno.ETIMEDOUT, `no reply to ${commandName(p.command)} in time`));
     }
     return next;
   }

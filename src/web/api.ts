@@ -64,6 +64,10 @@ const statsSchema = {
       "interrupts",
       "busyMs",
       "scanBytes",
+      "backpressure",
+      "dmaBatches",
+      "dmaWaitMs",
+      "dmaErrors",
     ].map((k) => [k, { type: "number" }]),
   ),
 } as const;
@@ -79,6 +83,7 @@ const vgpuSchema = {
     share: { type: "number" },
     error: { type: "number" },
     explicitFrameMaps: { type: "number" },
+    dmaBytesWrittenBack: { type: "number" },
     regionReads: { type: "array", items: { type: "number" } },
     regionWrites: { type: "array", items: { type: "number" } },
     stats: statsSchema,

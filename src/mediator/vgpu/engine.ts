@@ -8,6 +8,12 @@
  * rejected stream stops the virtual engine with the verdict in ENGINE_ERROR
  * until the guest resets it; an engine reset or FLR drops every piece of its
  * work first. The GPRs are the engine context the scheduler loads and saves.
+ *
+ * Guest memory the VMM serves only by messages is staged, never waited for: a
+ * scan that reaches such a page parks (`scanWaiting`) while one batch of DMA
+ * reads fetches it and the pages after it, and goes on when they are in; the
+ * scheduler does the same for a submission's footprint before it runs and for
+ * the write-back after it (`waiting`). Everyone else is served meanwhile.
  */
 import {
   Bar2,
@@ -22,9 +28,11 @@ import {
   RingCtl,
   ScanRejectionCode,
 } from "../../abi/index.js";
-import type { RateLimitedLog } from "../../base/index.js";
+import type { MgpuError, RateLimitedLog } from "../../base/index.js";
+import type { Mpt } from "../../hypervisor/mpt.js";
 import { RegisterFile } from "../../pci/index.js";
-import { ScanError, type ScanJob, type Scanner } from "../scanner.js";
+import { type Footprint, ScanError, type ScanJob, type Scanner } from "../scanner.js";
+import { SCAN_READAHEAD_PAGES, scanPagesFrom, systemFrame } from "./staging.js";
 import type { VirtualIrq } from "./irq.js";
 import type { VgpuStats } from "./stats.js";
 import type { Vgpu } from "./vgpu.js";
@@ -36,6 +44,12 @@ export interface Submission {
   readonly commands: Uint32Array;
   /** Ring tail this submission completes up to. */
   readonly tail: number;
+  /** What its commands reach (recorded when the vGPU's guest memory is staged). */
+  readonly footprint: Footprint | undefined;
+  /** Its footprint is staged (or needs nothing): it may go on the engine. */
+  staged: boolean;
+  /** Time it waited for guest memory (ms): the watchdog counts it with its engine time. */
+  dmaMs: number;
 }
 
 /** Bytes of commands a tail write may scan on the trap path before the rest waits for the loop. */
@@ -44,6 +58,8 @@ const TRAP_SCAN_BYTES = 64 << 10;
 /** Who runs a vGPU's work: told when that work must stop (engine reset, FLR, removal). */
 export interface WorkOwner {
   drop(v: Vgpu): void;
+  /** Engine time one submission may have (ms); waiting for guest memory counts against it. */
+  readonly watchdogMs: number;
 }
 
 export class VirtualEngine {
@@ -63,6 +79,12 @@ export class VirtualEngine {
   private readonly tails: number[] = [];
   /** Flattened bytes accepted and not yet completed (queued, running or preempted). */
   private acceptedBytes = 0;
+  /** The scan waits for guest pages it reached (staged for it by one DMA batch). */
+  private scanWaiting = false;
+  /** Set by the scheduler while our next submission's pages, or the last one's write-back, are on the wire. */
+  waiting = false;
+  /** Bumped whenever our work is dropped: a DMA batch begun before it finds it changed and does nothing. */
+  epoch = 0;
 
   constructor(
     size: number,
@@ -71,8 +93,6 @@ export class VirtualEngine {
     private readonly irq: VirtualIrq,
     private readonly stats: VgpuStats,
     private readonly log: RateLimitedLog,
-    /** Returns explicitly mapped guest frames (a rejected stream may have mapped some). */
-    private readonly release: () => void,
   ) {
     const at = (register: number) => register - Bar2.ENGINE;
     this.registers = new RegisterFile(
@@ -115,9 +135,14 @@ export class VirtualEngine {
     return this.queue.length > 0;
   }
 
-  /** True if ring commands wait to be scanned and there is room to accept them. */
+  /** True if ring commands wait to be scanned (not for guest memory) and there is room to accept them. */
   get scanPending(): boolean {
+    if (this.scanWaiting) return false;
     return this.scan !== undefined || (this.tails.length > 0 && this.hasRoom);
+  }
+
+  private get mpt(): Mpt | undefined {
+    return this.owner.mpt;
   }
 
   private get hasRoom(): boolean {
@@ -135,17 +160,24 @@ export class VirtualEngine {
    */
   scanStep(budget: number): number {
     const r = this.registers;
+    const mpt = this.mpt;
+    const staging = mpt?.stagesPages === true;
     if (!this.scan) {
       if (!this.scanPending) return 0;
       const tail = this.tails.shift()!;
+      // The guest wrote these commands after any page we staged before: read them afresh.
+      if (staging) mpt.drop("scan");
+      this.scanner.recordFootprint = staging;
       this.scan = this.scanner.begin(r.get("RING_START"), this.ringSize, this.scannedTail, tail);
     }
     const job = this.scan;
     const before = job.bytesScanned;
+    if (mpt) mpt.phase = "scan";
     try {
       const result = job.step(budget);
       if (!result) return job.bytesScanned - before;
       this.scan = undefined;
+      if (staging) mpt.drop("scan");
       this.stats.scanBytes += result.bytesScanned;
       this.stats.commands += result.count;
       this.stats.submissions++;
@@ -153,28 +185,80 @@ export class VirtualEngine {
       // Ended early at a limit: the rest of the ring up to the tail asked for is the next submission.
       if (result.tail !== job.tail) this.tails.unshift(job.tail);
       this.acceptedBytes += result.commands.byteLength;
-      this.queue.push({ vgpu: this.owner, commands: result.commands, tail: result.tail });
+      this.queue.push({
+        vgpu: this.owner,
+        commands: result.commands,
+        tail: result.tail,
+        footprint: result.footprint,
+        staged: !staging,
+        dmaMs: 0,
+      });
       this.busy = true;
     } catch (e) {
       if (!(e instanceof ScanError)) throw e;
+      // A page served by messages and not here yet: fetch it (and what follows), go on when it is in.
+      if (e.reason === "gtt-fault" && mpt && this.fetchForScan(mpt, e.address))
+        return job.bytesScanned - before;
       this.scan = undefined;
       this.stats.rejected++;
-      this.release();
+      mpt?.drop("scan");
       this.scannedTail = job.tail;
       this.log.warn(
         { vgpu: this.owner.uuid, reason: e.reason, address: `0x${e.address.toString(16)}` },
         "command stream rejected",
       );
       this.failed(EngineError.REJECTED | ScanRejectionCode[e.reason], e.address, false);
+    } finally {
+      if (mpt) mpt.phase = "run";
     }
     return job.bytesScanned - before;
+  }
+
+  /**
+   * The scan faulted at `gma`: if that is a guest page the VMM serves by
+   * messages, not staged yet, the scan parks while one batch fetches it and
+   * the pages after it (true); otherwise it is a real fault (false).
+   */
+  private fetchForScan(mpt: Mpt, gma: number): boolean {
+    const gtt = this.scanner.memory.gtt;
+    const gpa = systemFrame(gtt, gma >>> 12);
+    if (gpa === undefined || !mpt.needsStaging(gpa) || mpt.isStaged("scan", gpa)) return false;
+    const pages = scanPagesFrom(gtt, mpt, this.owner.gm, gma, SCAN_READAHEAD_PAGES);
+    const epoch = this.epoch;
+    const t0 = performance.now();
+    this.scanWaiting = true;
+    this.stats.dmaBatches++;
+    mpt.stage("scan", pages, [], this.scheduler?.watchdogMs ?? 500, (error) => {
+      if (epoch !== this.epoch) return;
+      this.scanWaiting = false;
+      this.stats.dmaWaitMs += performance.now() - t0;
+      if (error) this.dmaFailed(error);
+    });
+    return true;
+  }
+
+  /**
+   * Guest memory could not be staged or written back: a timeout is a hang (the
+   * watchdog counts the wait), anything else DMA_ERROR. Only this vGPU stops.
+   */
+  dmaFailed(error: MgpuError): void {
+    if (error.code === "ECANCELED") return; // our work was dropped meanwhile
+    const hang = error.code === "ETIMEDOUT";
+    if (!hang) this.stats.dmaErrors++;
+    this.log.warn(
+      { vgpu: this.owner.uuid, code: error.code, err: error.message },
+      hang ? "guest memory did not arrive within the watchdog" : "guest memory could not be staged",
+    );
+    this.scheduler?.drop(this.owner);
+    this.mpt?.cancel();
+    this.failed(EngineError.DMA_ERROR, 0, hang);
   }
 
   /** Stops all of our work: queued, being scanned, and on (or set aside for) the parent's engine. */
   dropWork(): void {
     this.scheduler?.drop(this.owner);
     this.clearWork();
-    this.release();
+    this.mpt?.cancel();
   }
 
   private clearWork(): void {
@@ -183,6 +267,9 @@ export class VirtualEngine {
     this.scan = undefined;
     this.tails.length = 0;
     this.busy = false;
+    this.scanWaiting = false;
+    this.waiting = false;
+    this.epoch++;
   }
 
   /** The scheduler put a submission of ours on the parent's engine. */
@@ -239,14 +326,16 @@ export class VirtualEngine {
     if (this.queueFull) this.stats.backpressure++;
     if (this.tails.length < QueueLimits.SUBMISSIONS) this.tails.push(tail);
     else this.tails[this.tails.length - 1] = tail; // merged into the last (split again at the limits)
-    // A small submission is scanned right here, while its VMM waits for this write's reply (and so
-    // answers the DMA reads a scan of guest-RAM batches makes); a long one goes on from the loop.
-    if (this.tails.length === 1 && !this.scan && this.hasRoom) this.scanStep(TRAP_SCAN_BYTES);
+    // A small submission is scanned right here; a long one goes on from the loop. Not when guest
+    // memory is served by messages: a trap is answered before any DMA for it goes out (QEMU waits
+    // for this reply holding its big lock, and serves our DMA only once it has it).
+    if (this.tails.length === 1 && !this.scan && this.hasRoom && this.mpt?.stagesPages !== true)
+      this.scanStep(TRAP_SCAN_BYTES);
   }
 
   private status(): number {
     const error = this.registers.get("ENGINE_ERROR") !== EngineError.NONE;
-    const waiting = this.tails.length > 0 || this.scan !== undefined;
+    const waiting = this.tails.length > 0 || this.scan !== undefined || this.waiting;
     const idle = error || (!this.busy && !waiting && this.registers.get("RING_HEAD") === this.scannedTail);
     const full = !error && this.queueFull;
     return (

@@ -12,6 +12,11 @@ export interface VgpuStats {
   scanBytes: number;
   /** Tail moves that found the queue full (QUEUE_FULL): merged into the last waiting submission. */
   backpressure: number;
+  /** Guest memory served by messages: staging batches sent, and the time work waited for them (ms). */
+  dmaBatches: number;
+  dmaWaitMs: number;
+  /** Work failed because guest memory could not be staged or written back (DMA_ERROR). */
+  dmaErrors: number;
 }
 
 export function newVgpuStats(): VgpuStats {
@@ -27,5 +32,8 @@ export function newVgpuStats(): VgpuStats {
     busyMs: 0,
     scanBytes: 0,
     backpressure: 0,
+    dmaBatches: 0,
+    dmaWaitMs: 0,
+    dmaErrors: 0,
   };
 }

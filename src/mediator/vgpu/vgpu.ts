@@ -62,7 +62,6 @@ export class Vgpu {
       this.irq,
       this.stats,
       log,
-      () => this.mpt?.release?.(),
     );
     this.gtt = new GttShadow(
       { id, uuid, lmBase, lmSize: type.localMemory, gm: this.gm },
